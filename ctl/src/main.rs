@@ -1,0 +1,3 @@
+//! basaltctl is the operator CLI: it generates cluster configs and secrets, validates
+//! configs, and talks to nodes through the node API.
+fn main() {}
