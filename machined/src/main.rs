@@ -1,4 +1,6 @@
 //! machined is PID 1 stage 2 of a Basalt node: it runs the boot sequence, acquires and
 //! persists the machine config, owns network state, supervises services, serves the
 //! node API and provisions Kubernetes.
+mod api;
+
 fn main() {}

@@ -1,0 +1,1 @@
+//! The node API server (in progress).
