@@ -220,3 +220,286 @@ pub fn fingerprint_der(der: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+/// A certificate and the private key that belongs to it, both PEM (the key as PKCS#8).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertAndKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertAndKey {
+    // The key stays out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAndKey")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What a leaf certificate may be used for (its extendedKeyUsage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafUsage {
+    /// TLS server (serverAuth); SANs name the server.
+    Server,
+    /// TLS client (clientAuth); the subject names the client.
+    Client,
+    /// Both, as etcd's peer and server certificates need.
+    ServerAndClient,
+}
+
+/// The subject and use of a leaf certificate to issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafSpec {
+    pub common_name: String,
+    /// Subject organizations (Kubernetes groups, Basalt roles).
+    pub organizations: Vec<String>,
+    pub usage: LeafUsage,
+    /// DNS names and IP addresses; every entry that parses as an IP address is an IP SAN.
+    pub sans: Vec<String>,
+}
+
+/// Generates a fresh ECDSA P-256 key pair.
+pub fn generate_key() -> Result<KeyPair, PkiError> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| PkiError::KeyGeneration {
+        reason: e.to_string(),
+    })
+}
+
+/// Generates a fresh ECDSA P-256 private key as PKCS#8 PEM (for the service-account key).
+pub fn generate_key_pem() -> Result<String, PkiError> {
+    Ok(generate_key()?.serialize_pem())
+}
+
+/// The public half of a PKCS#8 private key, as a "PUBLIC KEY" (SubjectPublicKeyInfo) PEM.
+pub fn public_key_pem(key_pem: &str) -> Result<String, PkiError> {
+    Ok(parse_private_key_pem(key_pem)?.public_key_pem())
+}
+
+fn random_serial() -> Result<SerialNumber, PkiError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| PkiError::KeyGeneration {
+            reason: "the system random number generator failed".to_owned(),
+        })?;
+    // A serial is a positive INTEGER: clear the sign bit, and keep it non-zero.
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn base_params(
+    common_name: &str,
+    organizations: &[String],
+    validity: Duration,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    for org in organizations {
+        dn.push(DnType::OrganizationName, org.as_str());
+    }
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + validity;
+    params.serial_number = Some(random_serial()?);
+    Ok(params)
+}
+
+/// Creates a self-signed certificate authority: basicConstraints critical CA:TRUE,
+/// keyUsage critical keyCertSign + cRLSign + digitalSignature, a subject key identifier,
+/// valid for [`CA_VALIDITY`].
+pub fn generate_ca(common_name: &str, organizations: &[String]) -> Result<CertAndKey, PkiError> {
+    let mut params = base_params(common_name, organizations, CA_VALIDITY)?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+    ];
+    let key = generate_key()?;
+    let cert = params.self_signed(&key).map_err(|e| PkiError::Issue {
+        subject: common_name.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn san(value: &str) -> Result<SanType, PkiError> {
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let invalid = |reason: &str| PkiError::InvalidSan {
+        san: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if value.is_empty() || value.len() > 253 {
+        return Err(invalid("a DNS name has 1 to 253 characters"));
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if !value.split('.').all(label_ok) {
+        return Err(invalid(
+            "a DNS name is dot-separated labels of letters, digits and '-'",
+        ));
+    }
+    let name = value
+        .to_owned()
+        .try_into()
+        .map_err(|e: rcgen::Error| invalid(&e.to_string()))?;
+    Ok(SanType::DnsName(name))
+}
+
+/// Issues a leaf certificate signed by `ca`, with a fresh ECDSA P-256 key: keyUsage
+/// digitalSignature (+ keyEncipherment for servers, which old TLS clients expect),
+/// extendedKeyUsage per [`LeafUsage`], SANs, subject and authority key identifiers,
+/// valid for [`LEAF_VALIDITY`].
+pub fn issue_leaf(ca: &CertAndKey, spec: &LeafSpec) -> Result<CertAndKey, PkiError> {
+    let ca_info = check_certificate_pem(&ca.cert_pem)?;
+    if !ca_info.is_ca {
+        return Err(PkiError::NotACertificateAuthority {
+            subject: ca_info.subject_name(),
+        });
+    }
+    check_key_pair(&ca.cert_pem, &ca.key_pem)?;
+    let ca_key = parse_private_key_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(|e| {
+        PkiError::CertificateDer {
+            reason: format!("reading the CA {}: {e}", ca_info.subject_name()),
+        }
+    })?;
+
+    let mut params = base_params(&spec.common_name, &spec.organizations, LEAF_VALIDITY)?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.subject_alt_names = spec
+        .sans
+        .iter()
+        .map(|s| san(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match spec.usage {
+        LeafUsage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        LeafUsage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        LeafUsage::ServerAndClient => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
+    if spec.usage != LeafUsage::Client {
+        params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    }
+    let key = generate_key()?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|e| PkiError::Issue {
+            subject: spec.common_name.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_spec() -> LeafSpec {
+        LeafSpec {
+            common_name: "kube-apiserver".into(),
+            organizations: vec![],
+            usage: LeafUsage::Server,
+            sans: vec!["kubernetes.default".into(), "10.96.0.1".into()],
+        }
+    }
+
+    #[test]
+    fn ca_is_a_ca_and_its_key_matches() {
+        let ca = generate_ca("kubernetes", &[]).unwrap();
+        let info = check_certificate_pem(&ca.cert_pem).unwrap();
+        assert!(info.is_ca);
+        assert_eq!(info.common_name.as_deref(), Some("kubernetes"));
+        let years = (info.not_after - info.not_before).whole_days();
+        assert!((3649..=3651).contains(&years), "{years}");
+        check_key_pair(&ca.cert_pem, &ca.key_pem).unwrap();
+    }
+
+    #[test]
+    fn leaf_carries_sans_and_is_not_a_ca() {
+        let ca = generate_ca("kubernetes", &[]).unwrap();
+        let leaf = issue_leaf(&ca, &server_spec()).unwrap();
+        let info = check_certificate_pem(&leaf.cert_pem).unwrap();
+        assert!(!info.is_ca);
+        assert_eq!(info.dns_names, vec!["kubernetes.default".to_owned()]);
+        assert_eq!(info.ip_addresses, vec!["10.96.0.1".parse::<IpAddr>().unwrap()]);
+        check_key_pair(&leaf.cert_pem, &leaf.key_pem).unwrap();
+    }
+
+    #[test]
+    fn a_key_from_another_pair_is_refused() {
+        let a = generate_ca("a", &[]).unwrap();
+        let b = generate_ca("b", &[]).unwrap();
+        let err = check_key_pair(&a.cert_pem, &b.key_pem).unwrap_err();
+        assert!(matches!(err, PkiError::KeyMismatch { ref subject } if subject == "a"));
+    }
+
+    #[test]
+    fn a_leaf_cannot_sign() {
+        let ca = generate_ca("kubernetes", &[]).unwrap();
+        let leaf = issue_leaf(&ca, &server_spec()).unwrap();
+        let err = issue_leaf(&leaf, &server_spec()).unwrap_err();
+        assert!(matches!(err, PkiError::NotACertificateAuthority { .. }));
+    }
+
+    #[test]
+    fn garbage_and_wrong_labels_are_refused() {
+        assert!(matches!(
+            check_certificate_pem("hello"),
+            Err(PkiError::CertificatePem { .. })
+        ));
+        let ca = generate_ca("x", &[]).unwrap();
+        assert!(matches!(
+            check_certificate_pem(&ca.key_pem),
+            Err(PkiError::CertificateLabel { .. })
+        ));
+        let sec1 = ca.key_pem.replace("PRIVATE KEY", "EC PRIVATE KEY");
+        assert!(matches!(
+            check_key_pair(&ca.cert_pem, &sec1),
+            Err(PkiError::PrivateKeyFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_sans_are_refused_by_name() {
+        let ca = generate_ca("kubernetes", &[]).unwrap();
+        let mut spec = server_spec();
+        spec.sans = vec!["not a host".into()];
+        let err = issue_leaf(&ca, &spec).unwrap_err();
+        assert!(err.to_string().contains("\"not a host\""), "{err}");
+    }
+
+    #[test]
+    fn fingerprint_is_openssl_style() {
+        let ca = generate_ca("x", &[]).unwrap();
+        let fp = fingerprint_sha256(&ca.cert_pem).unwrap();
+        assert_eq!(fp.len(), 32 * 3 - 1);
+        assert!(fp.split(':').all(|p| p.len() == 2
+            && p.chars().all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c))));
+    }
+}
