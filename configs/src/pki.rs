@@ -9,8 +9,8 @@
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::digest;
 use time::{Duration, OffsetDateTime};
@@ -88,11 +88,10 @@ impl CertificateInfo {
 
 /// Decodes the first PEM block of `pem` and insists that it is a certificate.
 pub fn certificate_der(pem: &str) -> Result<Vec<u8>, PkiError> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| {
-        PkiError::CertificatePem {
+    let (_, block) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| PkiError::CertificatePem {
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     if block.label != "CERTIFICATE" {
         return Err(PkiError::CertificateLabel { label: block.label });
     }
@@ -108,10 +107,9 @@ pub fn check_certificate_pem(pem: &str) -> Result<CertificateInfo, PkiError> {
 
 /// Like [`check_certificate_pem`], for a DER-encoded certificate (as a TLS peer presents it).
 pub fn certificate_info_der(der: &[u8]) -> Result<CertificateInfo, PkiError> {
-    let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|e| PkiError::CertificateDer {
-            reason: e.to_string(),
-        })?;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| PkiError::CertificateDer {
+        reason: e.to_string(),
+    })?;
     if !rest.is_empty() {
         return Err(PkiError::CertificateDer {
             reason: format!("{} trailing bytes after the certificate", rest.len()),
@@ -253,8 +251,10 @@ pub enum LeafUsage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafSpec {
     pub common_name: String,
-    /// Subject organizations (Kubernetes groups, Basalt roles).
-    pub organizations: Vec<String>,
+    /// The subject organization (a Kubernetes group, a Basalt role). One at most:
+    /// rcgen writes a single value per attribute type, and no Basalt or kubeadm
+    /// certificate needs more.
+    pub organization: Option<String>,
     pub usage: LeafUsage,
     /// DNS names and IP addresses; every entry that parses as an IP address is an IP SAN.
     pub sans: Vec<String>,
@@ -293,13 +293,13 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
 
 fn base_params(
     common_name: &str,
-    organizations: &[String],
+    organization: Option<&str>,
     validity: Duration,
 ) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    for org in organizations {
-        dn.push(DnType::OrganizationName, org.as_str());
+    if let Some(org) = organization {
+        dn.push(DnType::OrganizationName, org);
     }
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
@@ -313,8 +313,8 @@ fn base_params(
 /// Creates a self-signed certificate authority: basicConstraints critical CA:TRUE,
 /// keyUsage critical keyCertSign + cRLSign + digitalSignature, a subject key identifier,
 /// valid for [`CA_VALIDITY`].
-pub fn generate_ca(common_name: &str, organizations: &[String]) -> Result<CertAndKey, PkiError> {
-    let mut params = base_params(common_name, organizations, CA_VALIDITY)?;
+pub fn generate_ca(common_name: &str, organization: Option<&str>) -> Result<CertAndKey, PkiError> {
+    let mut params = base_params(common_name, organization, CA_VALIDITY)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -377,13 +377,16 @@ pub fn issue_leaf(ca: &CertAndKey, spec: &LeafSpec) -> Result<CertAndKey, PkiErr
     }
     check_key_pair(&ca.cert_pem, &ca.key_pem)?;
     let ca_key = parse_private_key_pem(&ca.key_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(|e| {
-        PkiError::CertificateDer {
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(|e| PkiError::CertificateDer {
             reason: format!("reading the CA {}: {e}", ca_info.subject_name()),
-        }
-    })?;
+        })?;
 
-    let mut params = base_params(&spec.common_name, &spec.organizations, LEAF_VALIDITY)?;
+    let mut params = base_params(
+        &spec.common_name,
+        spec.organization.as_deref(),
+        LEAF_VALIDITY,
+    )?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.use_authority_key_identifier_extension = true;
     params.subject_alt_names = spec
@@ -423,7 +426,7 @@ mod tests {
     fn server_spec() -> LeafSpec {
         LeafSpec {
             common_name: "kube-apiserver".into(),
-            organizations: vec![],
+            organization: None,
             usage: LeafUsage::Server,
             sans: vec!["kubernetes.default".into(), "10.96.0.1".into()],
         }
@@ -431,7 +434,7 @@ mod tests {
 
     #[test]
     fn ca_is_a_ca_and_its_key_matches() {
-        let ca = generate_ca("kubernetes", &[]).unwrap();
+        let ca = generate_ca("kubernetes", None).unwrap();
         let info = check_certificate_pem(&ca.cert_pem).unwrap();
         assert!(info.is_ca);
         assert_eq!(info.common_name.as_deref(), Some("kubernetes"));
@@ -442,26 +445,29 @@ mod tests {
 
     #[test]
     fn leaf_carries_sans_and_is_not_a_ca() {
-        let ca = generate_ca("kubernetes", &[]).unwrap();
+        let ca = generate_ca("kubernetes", None).unwrap();
         let leaf = issue_leaf(&ca, &server_spec()).unwrap();
         let info = check_certificate_pem(&leaf.cert_pem).unwrap();
         assert!(!info.is_ca);
         assert_eq!(info.dns_names, vec!["kubernetes.default".to_owned()]);
-        assert_eq!(info.ip_addresses, vec!["10.96.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            info.ip_addresses,
+            vec!["10.96.0.1".parse::<IpAddr>().unwrap()]
+        );
         check_key_pair(&leaf.cert_pem, &leaf.key_pem).unwrap();
     }
 
     #[test]
     fn a_key_from_another_pair_is_refused() {
-        let a = generate_ca("a", &[]).unwrap();
-        let b = generate_ca("b", &[]).unwrap();
+        let a = generate_ca("a", None).unwrap();
+        let b = generate_ca("b", None).unwrap();
         let err = check_key_pair(&a.cert_pem, &b.key_pem).unwrap_err();
         assert!(matches!(err, PkiError::KeyMismatch { ref subject } if subject == "a"));
     }
 
     #[test]
     fn a_leaf_cannot_sign() {
-        let ca = generate_ca("kubernetes", &[]).unwrap();
+        let ca = generate_ca("kubernetes", None).unwrap();
         let leaf = issue_leaf(&ca, &server_spec()).unwrap();
         let err = issue_leaf(&leaf, &server_spec()).unwrap_err();
         assert!(matches!(err, PkiError::NotACertificateAuthority { .. }));
@@ -473,7 +479,7 @@ mod tests {
             check_certificate_pem("hello"),
             Err(PkiError::CertificatePem { .. })
         ));
-        let ca = generate_ca("x", &[]).unwrap();
+        let ca = generate_ca("x", None).unwrap();
         assert!(matches!(
             check_certificate_pem(&ca.key_pem),
             Err(PkiError::CertificateLabel { .. })
@@ -487,7 +493,7 @@ mod tests {
 
     #[test]
     fn invalid_sans_are_refused_by_name() {
-        let ca = generate_ca("kubernetes", &[]).unwrap();
+        let ca = generate_ca("kubernetes", None).unwrap();
         let mut spec = server_spec();
         spec.sans = vec!["not a host".into()];
         let err = issue_leaf(&ca, &spec).unwrap_err();
@@ -496,10 +502,13 @@ mod tests {
 
     #[test]
     fn fingerprint_is_openssl_style() {
-        let ca = generate_ca("x", &[]).unwrap();
+        let ca = generate_ca("x", None).unwrap();
         let fp = fingerprint_sha256(&ca.cert_pem).unwrap();
         assert_eq!(fp.len(), 32 * 3 - 1);
-        assert!(fp.split(':').all(|p| p.len() == 2
-            && p.chars().all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c))));
+        assert!(fp.split(':').all(|p| {
+            p.len() == 2
+                && p.chars()
+                    .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c))
+        }));
     }
 }
