@@ -3,6 +3,25 @@
 //! the generation of a cluster's secrets and PKI, and the import of Ignition configs.
 //! Every other crate receives configuration through the types defined here, already
 //! validated, so nothing further in needs to check a value again.
+//!
+//! The document is Talos-like: one YAML (or JSON) mapping starting with
+//! `version: v1alpha1`, then `machine:` (this node) and `cluster:` (shared by all
+//! nodes), with camelCase field names. PEM material is stored as PEM text. See
+//! `docs/configuration.md` for every field.
+
+pub mod ignition;
+pub mod model;
+pub mod parse;
+pub mod values;
+
+pub use model::*;
+pub use parse::{Format, ParseError};
+pub use values::{
+    AbsolutePath, BootstrapToken, Cidr, ClusterName, ContainerImage, DnsName, Endpoint, FileMode,
+    Hostname, InterfaceName, IpAddress, KernelModuleName, KernelModuleParameter, KubernetesVersion,
+    MacAddress, MirrorEndpoint, PemCertificate, PemPrivateKey, REDACTED, RegistryName,
+    SubjectAltName, SysctlKey, SysctlValue, TimeServer, ValueError,
+};
 
 // Owned by the PKI/secrets work: certificate authorities and leaf certificates, the
 // secrets bundle, generating machine configs from it, config patches, and the client
