@@ -12,10 +12,12 @@
 pub mod ignition;
 pub mod model;
 pub mod parse;
+pub mod validate;
 pub mod values;
 
 pub use model::*;
 pub use parse::{Format, ParseError};
+pub use validate::{Mode, UnknownMode, ValidationError, ValidationErrors};
 pub use values::{
     AbsolutePath, BootstrapToken, Cidr, ClusterName, ContainerImage, DnsName, Endpoint, FileMode,
     Hostname, InterfaceName, IpAddress, KernelModuleName, KernelModuleParameter, KubernetesVersion,
