@@ -37,15 +37,15 @@ pub enum ClientConfigError {
         "no client config: pass --basaltconfig, set ${ENV_VAR}, or create ~/.basalt/config (HOME is not set)"
     )]
     NoPath,
-    #[error("reading the client config {path}: {source}")]
+    #[error("reading the client config {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("writing the client config {path}: {source}")]
+    #[error("writing the client config {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the client config {path} is invalid: {field}: {reason}")]
     Parse {
@@ -53,11 +53,11 @@ pub enum ClientConfigError {
         field: String,
         reason: String,
     },
-    #[error("the client config {path} is invalid: {field}: {source}")]
+    #[error("the client config {path} is invalid: {field}: {cause}")]
     Pki {
         path: String,
         field: String,
-        source: PkiError,
+        cause: PkiError,
     },
     #[error(
         "the client config {path} selects context {context:?}, which it does not define (defined: {defined})"
@@ -85,9 +85,9 @@ pub enum ClientConfigError {
     )]
     AmbiguousRole { subject: String, roles: String },
     #[error("reading the client certificate: {0}")]
-    Certificate(#[source] PkiError),
-    #[error("issuing a client certificate for {name}: {source}")]
-    Issue { name: String, source: PkiError },
+    Certificate(PkiError),
+    #[error("issuing a client certificate for {name}: {cause}")]
+    Issue { name: String, cause: PkiError },
 }
 
 /// What a node API client may do. The role is the certificate's subject Organization
@@ -185,9 +185,9 @@ pub fn issue_client_certificate(
         usage: LeafUsage::Client,
         sans: vec![],
     };
-    pki::issue_leaf(api_ca, &spec).map_err(|source| ClientConfigError::Issue {
+    pki::issue_leaf(api_ca, &spec).map_err(|cause| ClientConfigError::Issue {
         name: name.to_owned(),
-        source,
+        cause,
     })
 }
 
@@ -269,9 +269,9 @@ impl ClientConfig {
     }
 
     pub fn load_from(path: &Path) -> Result<ClientConfig, ClientConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ClientConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ClientConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         ClientConfig::parse(&path.display().to_string(), &text)
     }
@@ -307,10 +307,10 @@ impl ClientConfig {
         }
         for (name, ctx) in &self.contexts {
             let field = |f: &str| format!("contexts.{name}.{f}");
-            let pki_err = |f: &str, source| ClientConfigError::Pki {
+            let pki_err = |f: &str, cause| ClientConfigError::Pki {
                 path: origin.to_owned(),
                 field: field(f),
-                source,
+                cause,
             };
             if ctx.endpoints.is_empty() {
                 return Err(ClientConfigError::Parse {
@@ -347,10 +347,10 @@ impl ClientConfig {
     /// and a rename so a reader never sees half of it.
     pub fn save(&self, path: &Path) -> Result<(), ClientConfigError> {
         let text = self.to_yaml()?;
-        crate::secrets::write_private_file(path, text.as_bytes()).map_err(|source| {
+        crate::secrets::write_private_file(path, text.as_bytes()).map_err(|cause| {
             ClientConfigError::Write {
                 path: path.to_owned(),
-                source,
+                cause,
             }
         })
     }

@@ -18,8 +18,8 @@ pub const DEFAULT_INSTALL_DISK: &str = "/dev/vda";
 /// Why configs could not be generated.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
-    #[error("the endpoint host {host:?} cannot be a subject alternative name: {source}")]
-    EndpointSan { host: String, source: ValueError },
+    #[error("the endpoint host {host:?} cannot be a subject alternative name: {cause}")]
+    EndpointSan { host: String, cause: ValueError },
     #[error("the generated {machine_type} config does not validate: {reason}")]
     Invalid {
         machine_type: &'static str,
@@ -71,7 +71,7 @@ fn sans(opts: &GenOptions) -> Result<Vec<SubjectAltName>, GenerateError> {
         .unwrap_or_else(|| opts.endpoint.host().to_owned());
     let endpoint_san: SubjectAltName = host
         .parse()
-        .map_err(|source| GenerateError::EndpointSan { host, source })?;
+        .map_err(|cause| GenerateError::EndpointSan { host, cause })?;
     let mut out = vec![endpoint_san];
     for san in &opts.additional_sans {
         if !out.contains(san) {

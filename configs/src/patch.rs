@@ -16,10 +16,10 @@ use crate::parse::ParseError;
 /// Why a patch could not be read or applied.
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
-    #[error("reading the config patch file {path}: {source}")]
+    #[error("reading the config patch file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the config patch {patch} is not valid YAML or JSON: {reason}")]
     Syntax { patch: String, reason: String },
@@ -31,8 +31,8 @@ pub enum PatchError {
     JsonPatchSyntax { patch: String, reason: String },
     #[error("applying the config patch {patch}: {reason}")]
     Apply { patch: String, reason: String },
-    #[error("the config patch {patch} makes the config invalid: {source}")]
-    Invalid { patch: String, source: ParseError },
+    #[error("the config patch {patch} makes the config invalid: {cause}")]
+    Invalid { patch: String, cause: ParseError },
     #[error("serialising the config to patch it: {0}")]
     Serialise(String),
 }
@@ -48,13 +48,13 @@ enum PatchKind {
 /// One parsed patch and where it came from (for error messages).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigPatch {
-    source: String,
+    label: String,
     kind: PatchKind,
 }
 
 impl fmt::Display for ConfigPatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)
+        f.write_str(&self.label)
     }
 }
 
@@ -64,9 +64,9 @@ impl ConfigPatch {
     pub fn from_arg(arg: &str) -> Result<ConfigPatch, PatchError> {
         match arg.strip_prefix('@') {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| PatchError::Read {
+                let text = std::fs::read_to_string(path).map_err(|cause| PatchError::Read {
                     path: PathBuf::from(path),
-                    source,
+                    cause,
                 })?;
                 ConfigPatch::from_text(format!("@{path}"), &text)
             }
@@ -81,12 +81,12 @@ impl ConfigPatch {
         }
     }
 
-    /// Parses patch text; `source` names it in errors.
-    pub fn from_text(source: String, text: &str) -> Result<ConfigPatch, PatchError> {
+    /// Parses patch text; `label` names it in errors.
+    pub fn from_text(label: String, text: &str) -> Result<ConfigPatch, PatchError> {
         // YAML is a superset of JSON, so one parser reads both.
         let tree: serde_json::Value =
             serde_yaml::from_str(text).map_err(|e| PatchError::Syntax {
-                patch: source.clone(),
+                patch: label.clone(),
                 reason: e.to_string(),
             })?;
         let kind = match tree {
@@ -94,14 +94,14 @@ impl ConfigPatch {
             serde_json::Value::Array(_) => {
                 PatchKind::Json(serde_json::from_value(tree).map_err(|e| {
                     PatchError::JsonPatchSyntax {
-                        patch: source.clone(),
+                        patch: label.clone(),
                         reason: e.to_string(),
                     }
                 })?)
             }
-            _ => return Err(PatchError::Shape { patch: source }),
+            _ => return Err(PatchError::Shape { patch: label }),
         };
-        Ok(ConfigPatch { source, kind })
+        Ok(ConfigPatch { label, kind })
     }
 
     /// Whether this is a JSON patch (RFC 6902) rather than a merge patch.
@@ -117,7 +117,7 @@ impl ConfigPatch {
             }
             PatchKind::Json(patch) => {
                 json_patch::patch(tree, patch).map_err(|e| PatchError::Apply {
-                    patch: self.source.clone(),
+                    patch: self.label.clone(),
                     reason: e.to_string(),
                 })
             }
@@ -141,9 +141,9 @@ pub fn apply_patches(
         patch.apply_to_tree(&mut tree)?;
         let text =
             serde_json::to_string(&tree).map_err(|e| PatchError::Serialise(e.to_string()))?;
-        result = MachineConfig::from_json(&text).map_err(|source| PatchError::Invalid {
-            patch: patch.source.clone(),
-            source,
+        result = MachineConfig::from_json(&text).map_err(|cause| PatchError::Invalid {
+            patch: patch.label.clone(),
+            cause,
         })?;
     }
     Ok(result)

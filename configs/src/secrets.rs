@@ -38,15 +38,15 @@ pub const API_CA_CN: &str = "basalt-api";
 /// Everything that can go wrong generating, reading or writing a secrets bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
-    #[error("reading the secrets bundle {path}: {source}")]
+    #[error("reading the secrets bundle {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("writing the secrets bundle {path}: {source}")]
+    #[error("writing the secrets bundle {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the secrets bundle {origin} is invalid: {field}: {reason}")]
     Parse {
@@ -54,17 +54,14 @@ pub enum SecretsError {
         field: String,
         reason: String,
     },
-    #[error("the secrets bundle {origin} is invalid: {field}: {source}")]
+    #[error("the secrets bundle {origin} is invalid: {field}: {cause}")]
     Pki {
         origin: String,
         field: String,
-        source: PkiError,
+        cause: PkiError,
     },
-    #[error("generating the {what}: {source}")]
-    Generate {
-        what: &'static str,
-        source: PkiError,
-    },
+    #[error("generating the {what}: {cause}")]
+    Generate { what: &'static str, cause: PkiError },
     #[error("the system random number generator failed while generating the {what}")]
     Random { what: &'static str },
     #[error("serialising the secrets bundle: {0}")]
@@ -90,7 +87,7 @@ pub struct CaSecret {
 impl CaSecret {
     fn generate(common_name: &str, what: &'static str) -> Result<CaSecret, SecretsError> {
         let ca = pki::generate_ca(common_name, None)
-            .map_err(|source| SecretsError::Generate { what, source })?;
+            .map_err(|cause| SecretsError::Generate { what, cause })?;
         CaSecret::from_cert_and_key(&ca).map_err(|reason| SecretsError::Parse {
             origin: "(generated)".into(),
             field: what.into(),
@@ -220,9 +217,9 @@ impl SecretsBundle {
     /// Generates a fresh bundle: four CAs (ECDSA P-256, ten years), a service-account
     /// key, a bootstrap token and a cluster id.
     pub fn generate() -> Result<SecretsBundle, SecretsError> {
-        let sa_key = pki::generate_key_pem().map_err(|source| SecretsError::Generate {
+        let sa_key = pki::generate_key_pem().map_err(|cause| SecretsError::Generate {
             what: "service-account key",
-            source,
+            cause,
         })?;
         Ok(SecretsBundle {
             version: SecretsVersion::V1Alpha1,
@@ -288,10 +285,10 @@ impl SecretsBundle {
             ("api.ca", &self.api.ca),
         ];
         for (field, ca) in cas {
-            let pki_err = |sub: &str, source| SecretsError::Pki {
+            let pki_err = |sub: &str, cause| SecretsError::Pki {
                 origin: origin.to_owned(),
                 field: format!("{field}.{sub}"),
-                source,
+                cause,
             };
             if ca.key.is_redacted() {
                 return Err(parse_err(&format!("{field}.key"), "is redacted"));
@@ -310,18 +307,18 @@ impl SecretsBundle {
         if sa.is_redacted() {
             return Err(parse_err("kubernetes.serviceAccount.key", "is redacted"));
         }
-        pki::parse_private_key_pem(sa.as_str()).map_err(|source| SecretsError::Pki {
+        pki::parse_private_key_pem(sa.as_str()).map_err(|cause| SecretsError::Pki {
             origin: origin.to_owned(),
             field: "kubernetes.serviceAccount.key".into(),
-            source,
+            cause,
         })?;
         Ok(())
     }
 
     pub fn load(path: &Path) -> Result<SecretsBundle, SecretsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SecretsError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| SecretsError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         SecretsBundle::from_yaml(&path.display().to_string(), &text)
     }
@@ -333,9 +330,9 @@ impl SecretsBundle {
     /// Writes the bundle with mode 0600, atomically.
     pub fn save(&self, path: &Path) -> Result<(), SecretsError> {
         let text = self.to_yaml()?;
-        write_private_file(path, text.as_bytes()).map_err(|source| SecretsError::Write {
+        write_private_file(path, text.as_bytes()).map_err(|cause| SecretsError::Write {
             path: path.to_owned(),
-            source,
+            cause,
         })
     }
 

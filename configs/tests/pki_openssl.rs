@@ -46,9 +46,22 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Verifies the chain for `purpose`, and that the leaf's key is sound and belongs to it.
 fn verify(w: &Written, purpose: &str) {
-    let out = openssl(&["verify", "-purpose", purpose, "-CAfile", s(&w.ca), s(&w.crt)]);
+    let out = openssl(&[
+        "verify",
+        "-purpose",
+        purpose,
+        "-CAfile",
+        s(&w.ca),
+        s(&w.crt),
+    ]);
     assert!(out.contains(": OK"), "{out}");
+    let out = openssl(&["pkey", "-check", "-noout", "-in", s(&w.key)]);
+    assert!(out.contains("Key is valid"), "{out}");
+    let from_key = openssl(&["pkey", "-pubout", "-in", s(&w.key)]);
+    let from_crt = openssl(&["x509", "-noout", "-pubkey", "-in", s(&w.crt)]);
+    assert_eq!(from_key, from_crt);
 }
 
 #[test]
@@ -78,7 +91,10 @@ fn every_leaf_verifies_against_its_ca_for_its_purpose() {
     let w = write_pair(dir.path(), "apiserver", &cluster_ca, &apiserver);
     verify(&w, "sslserver");
     let text = openssl(&["x509", "-noout", "-text", "-in", s(&w.crt)]);
-    assert!(text.contains("DNS:kubernetes.default.svc.cluster.local"), "{text}");
+    assert!(
+        text.contains("DNS:kubernetes.default.svc.cluster.local"),
+        "{text}"
+    );
     assert!(text.contains("IP Address:10.96.0.1"), "{text}");
     assert!(text.contains("IP Address:192.0.2.10"), "{text}");
     assert!(text.contains("TLS Web Server Authentication"), "{text}");
@@ -136,7 +152,15 @@ fn every_leaf_verifies_against_its_ca_for_its_purpose() {
     let admin = issue_client_certificate(&api_ca, Role::Admin, "admin").unwrap();
     let w = write_pair(dir.path(), "admin", &api_ca, &admin);
     verify(&w, "sslclient");
-    let subject = openssl(&["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", s(&w.crt)]);
+    let subject = openssl(&[
+        "x509",
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+        "-in",
+        s(&w.crt),
+    ]);
     assert!(subject.contains("O=basalt:admin"), "{subject}");
     assert!(subject.contains("CN=admin"), "{subject}");
 
@@ -161,17 +185,27 @@ fn cas_are_critical_ca_true_with_signing_usages() {
     ] {
         let path = write(dir.path(), &format!("{name}.crt"), ca.crt.as_str());
         let text = openssl(&["x509", "-noout", "-text", "-in", s(&path)]);
-        assert!(text.contains("X509v3 Basic Constraints: critical"), "{text}");
+        assert!(
+            text.contains("X509v3 Basic Constraints: critical"),
+            "{text}"
+        );
         assert!(text.contains("CA:TRUE"), "{text}");
         assert!(text.contains("X509v3 Key Usage: critical"), "{text}");
         assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
         assert!(text.contains("X509v3 Subject Key Identifier"), "{text}");
-        assert!(text.contains(&format!("Subject: CN={name}")), "{text}");
+        assert!(text.contains(&format!("Subject: CN = {name}\n")), "{text}");
         // Self-signed CAs verify against themselves.
         let out = openssl(&["verify", "-CAfile", s(&path), s(&path)]);
         assert!(out.contains(": OK"), "{out}");
         // Ten years, give or take the backdating.
-        let end = openssl(&["x509", "-noout", "-checkend", &(9 * 365 * 86400).to_string(), "-in", s(&path)]);
+        let end = openssl(&[
+            "x509",
+            "-noout",
+            "-checkend",
+            &(9 * 365 * 86400).to_string(),
+            "-in",
+            s(&path),
+        ]);
         assert!(end.contains("will not expire"), "{end}");
     }
 }
@@ -181,8 +215,16 @@ fn keys_pass_openssl_checks_and_match_their_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = SecretsBundle::generate().unwrap();
     let keys = [
-        ("ca", bundle.kubernetes.ca.key.as_str(), Some(bundle.kubernetes.ca.crt.as_str())),
-        ("api-ca", bundle.api.ca.key.as_str(), Some(bundle.api.ca.crt.as_str())),
+        (
+            "ca",
+            bundle.kubernetes.ca.key.as_str(),
+            Some(bundle.kubernetes.ca.crt.as_str()),
+        ),
+        (
+            "api-ca",
+            bundle.api.ca.key.as_str(),
+            Some(bundle.api.ca.crt.as_str()),
+        ),
         ("sa", bundle.kubernetes.service_account.key.as_str(), None),
     ];
     for (name, key, crt) in keys {

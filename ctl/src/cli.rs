@@ -1,0 +1,30 @@
+//! The command-line tree. Each subcommand's arguments live next to its implementation
+//! in `cmd/`; this file only assembles them. A new command is one variant here and one
+//! module in `cmd/`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+
+/// Operate Basalt clusters: generate configs and secrets, validate configs.
+#[derive(Debug, Parser)]
+#[command(name = "basaltctl", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The client config file (default: $BASALTCONFIG, then ~/.basalt/config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub basaltconfig: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate secrets, machine configs, client configs and certificates.
+    #[command(subcommand)]
+    Gen(cmd::generate::GenCommand),
+    /// Check a machine config (YAML, JSON or Ignition) and report every problem.
+    Validate(cmd::validate::ValidateArgs),
+}
