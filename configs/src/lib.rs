@@ -12,6 +12,7 @@
 pub mod ignition;
 pub mod model;
 pub mod parse;
+pub mod redact;
 pub mod validate;
 pub mod values;
 
