@@ -2,5 +2,6 @@
 //! persists the machine config, owns network state, supervises services, serves the
 //! node API and provisions Kubernetes.
 mod api;
+mod services;
 
 fn main() {}
