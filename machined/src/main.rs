@@ -2,6 +2,7 @@
 //! persists the machine config, owns network state, supervises services, serves the
 //! node API and provisions Kubernetes.
 mod api;
+mod network;
 mod services;
 
 fn main() {}

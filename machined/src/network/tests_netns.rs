@@ -1,0 +1,565 @@
+//! Executor and DHCP tests against real kernel objects in throwaway network namespaces.
+//! Fixtures (namespaces, veth pairs, the DHCP server) are built with `ip` and dnsmasq on
+//! the host; the code under test talks rtnetlink and raw sockets only. These tests need
+//! root and fail, not skip, without it: CI runs as root.
+
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::netlink::Netlink;
+use super::plan::{self, DEFAULT_ROUTE_METRIC, DHCP_ROUTE_METRIC};
+use super::*;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed (these tests need root and iproute2): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!(
+            "basalt-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        Netns { name }
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        sh(&v);
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace, with a current-thread
+    /// tokio runtime, so every socket the code opens lives in the namespace.
+    fn run<F, Fut, R>(&self, f: F) -> R
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future<Output = R>,
+        R: Send,
+    {
+        let path = PathBuf::from("/run/netns").join(&self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(f())
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn opts(etc: &Path) -> Options {
+    Options {
+        etc_dir: etc.to_owned(),
+        // Nothing is physical in a test namespace; configs name links explicitly.
+        sys_class_net: PathBuf::from("/nonexistent"),
+        dhcp_wait: Duration::from_secs(20),
+        set_kernel_hostname: false,
+    }
+}
+
+fn by_name(name: &str) -> InterfaceSelector {
+    InterfaceSelector::Name(name.into())
+}
+
+#[test]
+fn executor_applies_a_static_plan_and_reapplying_changes_nothing() {
+    let ns = Netns::new("static");
+    ns.ip(&["link", "add", "st0", "type", "veth", "peer", "name", "st1"]);
+    let etc = tempfile::tempdir().unwrap();
+    let spec = NetworkSpec {
+        hostname: Some("cp1.lab".into()),
+        nameservers: vec!["10.77.0.53".parse().unwrap()],
+        interfaces: vec![
+            InterfaceSpec {
+                selector: by_name("st0"),
+                dhcp: false,
+                addresses: vec![net("10.77.0.2/24"), net("fd77::2/64")],
+                routes: vec![
+                    RouteSpec {
+                        network: net("0.0.0.0/0"),
+                        gateway: Some("10.77.0.1".parse().unwrap()),
+                        metric: None,
+                    },
+                    RouteSpec {
+                        network: net("10.88.0.0/16"),
+                        gateway: Some("10.77.0.1".parse().unwrap()),
+                        metric: Some(50),
+                    },
+                    RouteSpec {
+                        network: net("10.66.0.0/16"),
+                        gateway: None,
+                        metric: Some(7),
+                    },
+                ],
+                mtu: Some(1400),
+            },
+            InterfaceSpec {
+                selector: by_name("st1"),
+                dhcp: false,
+                addresses: vec![net("10.77.0.1/24")],
+                routes: vec![],
+                mtu: None,
+            },
+        ],
+    };
+    let intent = Intent::Configured(spec);
+    let etc_path = etc.path().to_owned();
+    ns.run(|| async move {
+        let network = configure(&intent, &opts(&etc_path)).await.unwrap();
+        let snap = network.state().snapshot();
+
+        let st0 = snap.links.iter().find(|l| l.name == "st0").unwrap();
+        let lo = snap.links.iter().find(|l| l.name == "lo").unwrap();
+        assert!(st0.up && lo.up, "{snap:#?}");
+        assert_eq!(st0.mtu, 1400);
+        assert_eq!(st0.kind.as_deref(), Some("veth"));
+        assert!(st0.mac.is_some());
+
+        let on = |idx: u32| -> Vec<IpNet> {
+            snap.addresses
+                .iter()
+                .filter(|a| a.link_index == idx)
+                .map(|a| a.address)
+                .collect()
+        };
+        let st0_addrs = on(st0.index);
+        assert!(st0_addrs.contains(&net("10.77.0.2/24")), "{st0_addrs:?}");
+        assert!(st0_addrs.contains(&net("fd77::2/64")), "{st0_addrs:?}");
+        assert!(on(lo.index).contains(&net("127.0.0.1/8")));
+        assert!(
+            snap.addresses
+                .iter()
+                .filter(|a| a.address == net("10.77.0.2/24"))
+                .all(|a| a.valid_lifetime_secs.is_none()),
+            "static addresses are forever"
+        );
+
+        let route = |dst: &str| {
+            snap.routes
+                .iter()
+                .find(|r| r.destination == net(dst))
+                .unwrap_or_else(|| panic!("no route to {dst}: {:#?}", snap.routes))
+                .clone()
+        };
+        let default = route("0.0.0.0/0");
+        assert_eq!(default.gateway, Some("10.77.0.1".parse().unwrap()));
+        assert_eq!(default.metric, DEFAULT_ROUTE_METRIC);
+        assert_eq!(default.link_index, Some(st0.index));
+        assert_eq!(default.protocol, "static");
+        let r88 = route("10.88.0.0/16");
+        assert_eq!(
+            (r88.metric, r88.gateway),
+            (50, Some("10.77.0.1".parse().unwrap()))
+        );
+        let r66 = route("10.66.0.0/16");
+        assert_eq!((r66.metric, r66.gateway), (7, None));
+
+        assert_eq!(
+            snap.resolvers,
+            vec!["10.77.0.53".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(snap.hostname.as_deref(), Some("cp1.lab"));
+        let resolv = std::fs::read_to_string(etc_path.join("resolv.conf")).unwrap();
+        assert!(resolv.contains("nameserver 10.77.0.53\n"), "{resolv}");
+        let hosts = std::fs::read_to_string(etc_path.join("hosts")).unwrap();
+        assert!(hosts.contains("10.77.0.2\tcp1.lab cp1\n"), "{hosts}");
+
+        // Idempotence: applying the same plan again succeeds and changes nothing.
+        let nl = Netlink::connect().unwrap();
+        for link in &network.plan().links {
+            nl.apply_link(link).await.unwrap();
+        }
+        network.refresh().await;
+        let again = network.state().snapshot();
+        assert_eq!(again.links, snap.links);
+        assert_eq!(again.addresses, snap.addresses);
+        assert_eq!(again.routes, snap.routes);
+        network.shutdown().await;
+    });
+}
+
+#[test]
+fn mtu_is_changed_in_place_and_unplanned_links_are_left_alone() {
+    let ns = Netns::new("mtu");
+    ns.ip(&["link", "add", "mt0", "type", "veth", "peer", "name", "mt1"]);
+    ns.ip(&["link", "set", "mt0", "mtu", "9000"]);
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let observed = nl.observe(Path::new("/nonexistent")).await.unwrap();
+        assert!(observed.iter().all(|l| l.kind != LinkKind::Physical));
+        let intent = Intent::Configured(NetworkSpec {
+            interfaces: vec![InterfaceSpec {
+                selector: InterfaceSelector::HardwareAddr(
+                    observed
+                        .iter()
+                        .find(|l| l.name == "mt0")
+                        .unwrap()
+                        .mac
+                        .unwrap(),
+                ),
+                dhcp: false,
+                addresses: vec![],
+                routes: vec![],
+                mtu: Some(1280),
+            }],
+            ..NetworkSpec::default()
+        });
+        let p = plan::plan(&intent, &observed).unwrap();
+        for link in &p.links {
+            nl.apply_link(link).await.unwrap();
+        }
+        let links = nl.links().await.unwrap();
+        let mt0 = links.iter().find(|l| l.name == "mt0").unwrap();
+        let mt1 = links.iter().find(|l| l.name == "mt1").unwrap();
+        assert_eq!((mt0.mtu, mt0.up), (1280, true));
+        assert!(!mt1.up, "mt1 is not in the plan and must stay down");
+    });
+}
+
+#[test]
+fn planning_error_names_the_missing_interface_from_a_real_kernel() {
+    let ns = Netns::new("missing");
+    let etc = tempfile::tempdir().unwrap();
+    let intent = Intent::Configured(NetworkSpec {
+        interfaces: vec![InterfaceSpec {
+            selector: by_name("eth7"),
+            dhcp: true,
+            addresses: vec![],
+            routes: vec![],
+            mtu: None,
+        }],
+        ..NetworkSpec::default()
+    });
+    let etc_path = etc.path().to_owned();
+    let err = ns.run(|| async move { configure(&intent, &opts(&etc_path)).await.err().unwrap() });
+    let msg = err.to_string();
+    assert!(
+        msg.contains("eth7") && msg.contains("this node has: lo"),
+        "{msg}"
+    );
+    assert!(
+        !etc.path().join("resolv.conf").exists(),
+        "nothing may be written on a planning error"
+    );
+}
+
+/// dnsmasq serving DHCP in its own namespace; killed on drop.
+struct Dnsmasq {
+    child: Child,
+    _leases: tempfile::TempDir,
+}
+
+impl Dnsmasq {
+    fn start(ns: &Netns, iface: &str, extra: &[&str]) -> Dnsmasq {
+        let leases = tempfile::tempdir().unwrap();
+        let leasefile = format!(
+            "--dhcp-leasefile={}",
+            leases.path().join("leases").display()
+        );
+        let mut args = vec![
+            "netns",
+            "exec",
+            &ns.name,
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--pid-file",
+            "--port=0",
+            "--bind-interfaces",
+            "--log-dhcp",
+            "--dhcp-authoritative",
+            &leasefile,
+        ];
+        let iface_arg = format!("--interface={iface}");
+        args.push(&iface_arg);
+        args.extend_from_slice(extra);
+        let child = Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq must be installed for the DHCP tests (apt-get install dnsmasq-base)");
+        // Give it time to bind port 67 before the client's first DISCOVER.
+        std::thread::sleep(Duration::from_millis(500));
+        Dnsmasq {
+            child,
+            _leases: leases,
+        }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dhcp_pair(tag: &str) -> (Netns, Netns) {
+    let server = Netns::new(&format!("{tag}-srv"));
+    let client = Netns::new(&format!("{tag}-cli"));
+    client.ip(&[
+        "link",
+        "add",
+        "dc0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ds0",
+        "netns",
+        &server.name,
+    ]);
+    server.ip(&["addr", "add", "10.99.0.1/24", "dev", "ds0"]);
+    server.ip(&["link", "set", "ds0", "up"]);
+    server.ip(&["link", "set", "lo", "up"]);
+    (server, client)
+}
+
+fn dhcp_intent() -> Intent {
+    Intent::Configured(NetworkSpec {
+        interfaces: vec![InterfaceSpec {
+            selector: by_name("dc0"),
+            dhcp: true,
+            addresses: vec![],
+            routes: vec![RouteSpec {
+                network: net("172.30.0.0/16"),
+                gateway: Some("10.99.0.254".parse().unwrap()),
+                metric: Some(30),
+            }],
+            mtu: None,
+        }],
+        ..NetworkSpec::default()
+    })
+}
+
+#[test]
+fn dhcp_client_gets_a_lease_from_dnsmasq_and_installs_it() {
+    let (server, client) = dhcp_pair("dhcp");
+    let _dnsmasq = Dnsmasq::start(
+        &server,
+        "ds0",
+        &[
+            "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,10m",
+            "--dhcp-option=option:router,10.99.0.1",
+            "--dhcp-option=option:dns-server,10.99.0.53",
+            "--dhcp-option=option:mtu,1420",
+        ],
+    );
+    let etc = tempfile::tempdir().unwrap();
+    let etc_path = etc.path().to_owned();
+    client.run(|| async move {
+        let network = configure(&dhcp_intent(), &opts(&etc_path)).await.unwrap();
+        let snap = network.state().snapshot();
+        let lease = snap
+            .leases()
+            .next()
+            .unwrap_or_else(|| panic!("no lease: {:#?}", snap.dhcp))
+            .clone();
+        assert_eq!(lease.link, "dc0");
+        assert_eq!(
+            lease.server,
+            "10.99.0.1".parse::<std::net::Ipv4Addr>().unwrap()
+        );
+        assert_eq!(lease.lease_secs, 600);
+        let IpAddr::V4(ip) = lease.address.addr() else {
+            panic!()
+        };
+        assert!((50..=60).contains(&ip.octets()[3]), "{ip}");
+        assert_eq!(lease.address.prefix_len(), 24);
+
+        let dc0 = snap.links.iter().find(|l| l.name == "dc0").unwrap();
+        assert_eq!(
+            dc0.mtu, 1420,
+            "option 26 applies when the config sets no MTU"
+        );
+        let addr = snap
+            .addresses
+            .iter()
+            .find(|a| a.address == lease.address)
+            .unwrap_or_else(|| panic!("lease address not installed: {:#?}", snap.addresses));
+        assert_eq!(addr.link_index, dc0.index);
+        let valid = addr
+            .valid_lifetime_secs
+            .expect("DHCP address must carry the lease lifetime");
+        assert!((590..=600).contains(&valid), "{valid}");
+
+        let default = snap
+            .routes
+            .iter()
+            .find(|r| r.destination == net("0.0.0.0/0"))
+            .unwrap_or_else(|| panic!("no default route: {:#?}", snap.routes));
+        assert_eq!(default.gateway, Some("10.99.0.1".parse().unwrap()));
+        assert_eq!(default.metric, DHCP_ROUTE_METRIC);
+        let declared = snap
+            .routes
+            .iter()
+            .find(|r| r.destination == net("172.30.0.0/16"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "declared route waiting for DHCP missing: {:#?}",
+                    snap.routes
+                )
+            });
+        assert_eq!(
+            (declared.metric, declared.gateway),
+            (30, Some("10.99.0.254".parse().unwrap()))
+        );
+
+        assert_eq!(
+            snap.resolvers,
+            vec!["10.99.0.53".parse::<IpAddr>().unwrap()]
+        );
+        let resolv = std::fs::read_to_string(etc_path.join("resolv.conf")).unwrap();
+        assert!(resolv.contains("nameserver 10.99.0.53\n"), "{resolv}");
+        let hosts = std::fs::read_to_string(etc_path.join("hosts")).unwrap();
+        assert!(hosts.contains("localhost"), "{hosts}");
+
+        // Shutdown releases the lease and removes the address.
+        let state = network.state();
+        network.shutdown().await;
+        let nl = Netlink::connect().unwrap();
+        let left = nl.addresses().await.unwrap();
+        assert!(
+            left.iter().all(|a| a.address != lease.address),
+            "address survived the release: {left:#?}"
+        );
+        assert!(matches!(
+            state.snapshot().dhcp.first(),
+            Some((_, DhcpStatus::Stopped))
+        ));
+    });
+}
+
+#[test]
+fn dhcp_client_renews_at_t1_by_unicast() {
+    let (server, client) = dhcp_pair("renew");
+    // dnsmasq's shortest lease is two minutes; T1/T2 options make it renew early.
+    let _dnsmasq = Dnsmasq::start(
+        &server,
+        "ds0",
+        &[
+            "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m",
+            "--dhcp-option=option:router,10.99.0.1",
+            "--dhcp-option=option:T1,3",
+            "--dhcp-option=option:T2,100",
+        ],
+    );
+    let etc = tempfile::tempdir().unwrap();
+    let etc_path = etc.path().to_owned();
+    client.run(|| async move {
+        let network = configure(&dhcp_intent(), &opts(&etc_path)).await.unwrap();
+        let state = network.state();
+        let first = state
+            .snapshot()
+            .leases()
+            .next()
+            .cloned()
+            .expect("no first lease");
+        let mut renewed = None;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Some(l) = state.snapshot().leases().next()
+                && l.acquired_at > first.acquired_at
+                && matches!(state.snapshot().dhcp[0].1, DhcpStatus::Bound { .. })
+            {
+                renewed = Some(l.clone());
+                break;
+            }
+        }
+        let renewed = renewed.expect("lease was not renewed within 10 s of T1 = 3 s");
+        assert_eq!(renewed.address, first.address, "renewal keeps the address");
+        network.shutdown().await;
+    });
+}
+
+#[test]
+fn dhcp_without_a_server_times_out_instead_of_blocking_boot() {
+    let ns = Netns::new("nodhcp");
+    ns.ip(&["link", "add", "nd0", "type", "veth", "peer", "name", "nd1"]);
+    ns.ip(&["link", "set", "nd1", "up"]);
+    let etc = tempfile::tempdir().unwrap();
+    let etc_path = etc.path().to_owned();
+    ns.run(|| async move {
+        let mut o = opts(&etc_path);
+        o.dhcp_wait = Duration::from_secs(2);
+        let intent = Intent::Configured(NetworkSpec {
+            interfaces: vec![InterfaceSpec {
+                selector: by_name("nd0"),
+                dhcp: true,
+                addresses: vec![net("192.168.50.2/24")],
+                routes: vec![],
+                mtu: None,
+            }],
+            ..NetworkSpec::default()
+        });
+        let started = std::time::Instant::now();
+        let network = configure(&intent, &o).await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(6),
+            "configure blocked for {took:?}"
+        );
+        let snap = network.state().snapshot();
+        assert!(snap.leases().next().is_none());
+        assert!(
+            matches!(snap.dhcp[0].1, DhcpStatus::Discovering { attempts } if attempts >= 1),
+            "{:?}",
+            snap.dhcp
+        );
+        // The static address is there regardless of DHCP.
+        assert!(
+            snap.addresses
+                .iter()
+                .any(|a| a.address == net("192.168.50.2/24"))
+        );
+        let started = std::time::Instant::now();
+        network.shutdown().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "shutdown must interrupt retries"
+        );
+    });
+}
