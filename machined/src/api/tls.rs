@@ -1,0 +1,150 @@
+//! The server's TLS: mutual TLS against the API CA on a configured node, a fresh
+//! self-signed certificate without client authentication in maintenance mode.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use basalt_api::{Fingerprint, Role};
+use basalt_config::client_config::Role as CertRole;
+use basalt_config::pki::{self, CertAndKey, LeafSpec, LeafUsage};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use super::ApiError;
+
+/// The certificate a configured node serves, and the CA its clients must be issued by.
+#[derive(Clone)]
+pub struct ServerIdentity {
+    pub api_ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentity")
+            .field("api_ca_pem", &self.api_ca_pem)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ServerIdentity {
+    /// Issues the node's server certificate from the API CA (control planes carry its key)
+    /// for the hostname and addresses clients dial. Done at every start, so a changed
+    /// address never leaves a stale certificate behind.
+    pub fn issue(
+        api_ca: &CertAndKey,
+        hostname: &str,
+        addresses: &[IpAddr],
+    ) -> Result<Self, ApiError> {
+        let mut sans = vec![hostname.to_owned(), "localhost".to_owned()];
+        sans.extend(addresses.iter().map(IpAddr::to_string));
+        let spec = LeafSpec {
+            common_name: hostname.to_owned(),
+            organization: None,
+            usage: LeafUsage::Server,
+            sans,
+        };
+        let leaf = pki::issue_leaf(api_ca, &spec).map_err(|e| ApiError::Identity {
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            api_ca_pem: api_ca.cert_pem.clone(),
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
+        })
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, ApiError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Identity {
+            reason: format!("{what}: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(ApiError::Identity {
+            reason: format!("{what}: no CERTIFICATE block"),
+        });
+    }
+    Ok(certs)
+}
+
+fn key(pem: &str) -> Result<PrivateKeyDer<'static>, ApiError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| ApiError::Identity {
+        reason: format!("server key: {e}"),
+    })
+}
+
+/// A configured node: clients must present a certificate issued by the API CA, or the
+/// handshake fails before any HTTP is spoken.
+pub fn mutual(identity: &ServerIdentity) -> Result<rustls::ServerConfig, ApiError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    for cert in certs(&identity.api_ca_pem, "API CA certificate")? {
+        roots.add(cert).map_err(|e| ApiError::Identity {
+            reason: format!("API CA certificate: {e}"),
+        })?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| ApiError::Identity {
+            reason: format!("client verifier: {e}"),
+        })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ApiError::Identity {
+            reason: e.to_string(),
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs(&identity.cert_pem, "server certificate")?,
+            key(&identity.key_pem)?,
+        )
+        .map_err(|e| ApiError::Identity {
+            reason: format!("server certificate and key: {e}"),
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Maintenance mode: a certificate made now, never stored, identified to the operator only
+/// by its fingerprint on the console.
+pub fn maintenance() -> Result<(rustls::ServerConfig, Fingerprint), ApiError> {
+    let generated = rcgen::generate_simple_self_signed(vec!["basalt-maintenance".to_owned()])
+        .map_err(|e| ApiError::Identity {
+            reason: format!("generating the maintenance certificate: {e}"),
+        })?;
+    let der = generated.cert.der().clone();
+    let fingerprint = Fingerprint::of_der(&der);
+    let key = key(&generated.signing_key.serialize_pem())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ApiError::Identity {
+            reason: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .map_err(|e| ApiError::Identity {
+            reason: format!("maintenance certificate: {e}"),
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((config, fingerprint))
+}
+
+/// The role a verified client certificate grants, or why it grants none (answered 403).
+pub fn role_of(der: &[u8]) -> Result<Role, String> {
+    let role = CertRole::from_certificate_der(der).map_err(|e| e.to_string())?;
+    role.organization()
+        .parse::<Role>()
+        .map_err(|e| e.to_string())
+}
