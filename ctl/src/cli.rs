@@ -10,7 +10,12 @@ use crate::cmd;
 
 /// Operate Basalt clusters: generate configs and secrets, validate configs.
 #[derive(Debug, Parser)]
-#[command(name = "basaltctl", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "basaltctl",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// The client config file (default: $BASALTCONFIG, then ~/.basalt/config).
     #[arg(long, global = true, value_name = "FILE")]

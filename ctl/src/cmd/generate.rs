@@ -19,7 +19,7 @@ use super::{CmdResult, Failure, InvalidInput};
 #[derive(Debug, Subcommand)]
 pub enum GenCommand {
     /// Generate a cluster: secrets.yaml, controlplane.yaml, worker.yaml and a basaltconfig.
-    Config(ConfigArgs),
+    Config(Box<ConfigArgs>),
     /// Generate a secrets bundle (CAs, service-account key, bootstrap token).
     Secrets(SecretsArgs),
     /// Issue a node API client certificate (or a whole basaltconfig) from a secrets bundle.
@@ -102,7 +102,7 @@ pub struct CertificateArgs {
 
 pub fn run(command: GenCommand) -> CmdResult {
     match command {
-        GenCommand::Config(args) => config(args),
+        GenCommand::Config(args) => config(*args),
         GenCommand::Secrets(args) => secrets(args),
         GenCommand::Certificate(args) => certificate(args),
     }
@@ -195,10 +195,11 @@ fn config(args: ConfigArgs) -> CmdResult {
     let client = ClientConfig::single(
         args.cluster_name.as_str(),
         Context {
-            endpoints: vec![args.endpoint.ip().map_or_else(
-                || args.endpoint.host().to_owned(),
-                |ip| ip.to_string(),
-            )],
+            endpoints: vec![
+                args.endpoint
+                    .ip()
+                    .map_or_else(|| args.endpoint.host().to_owned(), |ip| ip.to_string()),
+            ],
             nodes: Vec::new(),
             ca: bundle.api.ca.crt.as_str().to_owned(),
             crt: admin.cert_pem,

@@ -40,8 +40,8 @@ struct Report {
 }
 
 pub fn run(args: ValidateArgs) -> CmdResult {
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let problems = match MachineConfig::parse(&bytes) {
         Ok(config) => problems(&config, args.mode),
         Err(e) => vec![e.to_string()],
