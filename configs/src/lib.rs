@@ -13,6 +13,7 @@ pub mod ignition;
 pub mod model;
 pub mod parse;
 pub mod redact;
+pub mod reference;
 pub mod validate;
 pub mod values;
 

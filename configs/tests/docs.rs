@@ -1,0 +1,89 @@
+//! docs/configuration.md cannot drift: its field table is rendered from
+//! `basalt_config::reference::FIELDS`, and that table must list exactly the paths a
+//! config with every field set has. Regenerate the document with
+//! `BASALT_UPDATE_DOCS=1 cargo test -p basalt-config --test docs`.
+
+use std::collections::BTreeSet;
+
+use basalt_config::MachineConfig;
+use basalt_config::reference::{FIELDS, MAP_KEY_PLACEHOLDERS, render_into};
+
+fn doc_path() -> String {
+    format!("{}/../docs/configuration.md", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn committed_reference_matches_the_generator() {
+    let path = doc_path();
+    let committed = std::fs::read_to_string(&path).unwrap();
+    let rendered = render_into(&committed).expect("docs/configuration.md lost its markers");
+    if std::env::var_os("BASALT_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &rendered).unwrap();
+        return;
+    }
+    assert!(
+        committed == rendered,
+        "docs/configuration.md is stale: run BASALT_UPDATE_DOCS=1 cargo test -p basalt-config --test docs"
+    );
+}
+
+/// Every path of a JSON tree: objects and lists are recorded and descended into
+/// (list elements as `[]`); maps of plain values are leaves; maps listed in
+/// MAP_KEY_PLACEHOLDERS are descended with the placeholder as key.
+fn walk(value: &serde_json::Value, path: &str, out: &mut BTreeSet<String>) {
+    if !path.is_empty() {
+        out.insert(path.to_owned());
+    }
+    let placeholder = MAP_KEY_PLACEHOLDERS.iter().find(|(map, _)| *map == path);
+    let is_plain_map = FIELDS
+        .iter()
+        .any(|f| f.path == path && f.ty.starts_with("map of"));
+    if is_plain_map && placeholder.is_none() {
+        return;
+    }
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                let key = placeholder.map_or(key.as_str(), |(_, p)| p);
+                let child_path = if path.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{path}.{key}")
+                };
+                walk(child, &child_path, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items.iter().filter(|i| i.is_object()) {
+                for (key, child) in item.as_object().into_iter().flatten() {
+                    walk(child, &format!("{path}[].{key}"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn reference_lists_exactly_the_model_fields() {
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/data/reference-every-field.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let config = MachineConfig::from_yaml(&text).unwrap();
+    let tree = serde_json::to_value(&config).unwrap();
+    let mut model_paths = BTreeSet::new();
+    walk(&tree, "", &mut model_paths);
+    let documented: BTreeSet<String> = FIELDS.iter().map(|f| f.path.to_owned()).collect();
+    let undocumented: Vec<_> = model_paths.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&model_paths).collect();
+    assert!(
+        undocumented.is_empty(),
+        "fields missing from reference.rs: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "reference.rs documents fields the model (or reference-every-field.yaml) lacks: {stale:?}"
+    );
+}
