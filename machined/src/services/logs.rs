@@ -162,6 +162,11 @@ pub struct LogFollower {
 }
 
 impl LogFollower {
+    /// The backlog, without waiting for anything new.
+    pub fn collect_now(self) -> Vec<LogLine> {
+        self.backlog.into_iter().collect()
+    }
+
     /// The next line; `None` at the end of the backlog when not following.
     pub async fn next(&mut self) -> Option<LogLine> {
         if let Some(line) = self.backlog.pop_front() {

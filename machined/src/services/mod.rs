@@ -7,7 +7,7 @@
 //! writer of that service's state), this file is the handle everybody else holds.
 
 // The sequencer and the API wire this in; until main calls them, most items look unused.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+#![allow(dead_code, unused_imports)]
 
 pub mod cgroup;
 pub mod containerd;
@@ -18,6 +18,8 @@ pub mod plan;
 pub mod reaper;
 mod runner;
 pub mod spec;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -241,7 +243,9 @@ impl Supervisor {
     /// Stops every service in reverse dependency order, within `timeout` overall.
     pub async fn stop_all(&self, timeout: Duration) -> Result<(), ServiceError> {
         let names: Vec<String> = lock(&self.shared.services).keys().cloned().collect();
-        let order = plan::stop_order(&self.graph(), &names)?;
+        // A graph that cannot start (a cycle) has nothing running in dependency order;
+        // stop it in name order rather than not at all.
+        let order = plan::stop_order(&self.graph(), &names).unwrap_or(names);
         let all = async {
             for name in &order {
                 self.stop_one(name).await?;
@@ -431,6 +435,14 @@ impl Shared {
             st.next_restart = None;
         }
         if !step.changed() {
+            drop(st);
+            // Repeated successful probes would flood the log; everything else is news.
+            if !matches!(step.to, State::Healthy) {
+                h.log.push(
+                    LogStream::Supervisor,
+                    &format!("{}: {}", step.to, step.message),
+                );
+            }
             return Some(step);
         }
         st.since = SystemTime::now();

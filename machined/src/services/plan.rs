@@ -402,8 +402,20 @@ pub fn stop_order(graph: &Graph, targets: &[String]) -> Result<Vec<String>, Serv
             break;
         }
     }
+    // A dependency that is not registered cannot be running: leave it out.
+    let known: Graph = graph
+        .iter()
+        .map(|(name, deps)| {
+            let deps = deps
+                .iter()
+                .filter(|d| graph.contains_key(*d))
+                .cloned()
+                .collect();
+            (name.clone(), deps)
+        })
+        .collect();
     let all: Vec<String> = affected.iter().cloned().collect();
-    let mut order: Vec<String> = start_order(graph, &all)?
+    let mut order: Vec<String> = start_order(&known, &all)?
         .into_iter()
         .filter(|n| affected.contains(n))
         .collect();
@@ -749,5 +761,10 @@ mod tests {
             "no service named etcd is registered"
         );
         assert!(stop_order(&g, &names(&["etcd"])).is_err());
+        assert_eq!(
+            stop_order(&g, &names(&["kubelet"])).unwrap(),
+            names(&["kubelet"]),
+            "an unregistered dependency cannot be running"
+        );
     }
 }

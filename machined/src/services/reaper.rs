@@ -80,15 +80,13 @@ impl ChildExits {
     pub fn watch(&self, pid: i32, spawned_at: Instant) -> oneshot::Receiver<ExitStatus> {
         let (tx, rx) = oneshot::channel();
         let mut inner = lock(&self.inner);
-        if let Some(i) = inner
+        let recorded = inner
             .recent
             .iter()
-            .rposition(|r| r.pid == pid && r.at >= spawned_at)
-        {
-            if let Some(r) = inner.recent.remove(i) {
-                let _ = tx.send(r.status);
-                return rx;
-            }
+            .rposition(|r| r.pid == pid && r.at >= spawned_at);
+        if let Some(r) = recorded.and_then(|i| inner.recent.remove(i)) {
+            let _ = tx.send(r.status);
+            return rx;
         }
         inner.watchers.insert(pid, tx);
         rx

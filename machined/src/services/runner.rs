@@ -107,20 +107,18 @@ pub(crate) async fn run(
             shared.set_next_restart(&svc, Some(SystemTime::now() + delay));
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
-            let restart = loop {
-                tokio::select! {
-                    () = &mut sleep => break true,
-                    command = commands.recv() => match command {
-                        None => return,
-                        // An explicit start skips the rest of the back-off.
-                        Some(Command::Start) => break true,
-                        Some(Command::Stop(reply)) => {
-                            shared.apply(&svc, Input::Stop);
-                            let _ = reply.send(());
-                            break false;
-                        }
-                    },
-                }
+            let restart = tokio::select! {
+                () = &mut sleep => true,
+                command = commands.recv() => match command {
+                    None => return,
+                    // An explicit start skips the rest of the back-off.
+                    Some(Command::Start) => true,
+                    Some(Command::Stop(reply)) => {
+                        shared.apply(&svc, Input::Stop);
+                        let _ = reply.send(());
+                        false
+                    }
+                },
             };
             if !restart {
                 break;
@@ -309,21 +307,28 @@ fn spawn_process(
         },
     };
     // An earlier run may have left processes behind if machined lost track of them.
-    if let Some((cg, _)) = &cgroup {
-        if !cg.is_empty() {
-            svc.log.push(
-                LogStream::Supervisor,
-                &format!(
-                    "killing leftovers {:?} in {}",
-                    cg.pids(),
-                    cg.path().display()
-                ),
-            );
-            let _ = cg.kill_all();
-        }
+    if let Some((cg, _)) = cgroup.as_ref().filter(|(cg, _)| !cg.is_empty()) {
+        svc.log.push(
+            LogStream::Supervisor,
+            &format!(
+                "killing leftovers {:?} in {}",
+                cg.pids(),
+                cg.path().display()
+            ),
+        );
+        let _ = cg.kill_all();
     }
     let spawned_at = Instant::now();
-    let mut child = build_command(command, cgroup.as_ref().map(|(_, fd)| fd)).spawn()?;
+    let mut child = match build_command(command, cgroup.as_ref().map(|(_, fd)| fd)).spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            // Nothing ran in it; do not leave an empty cgroup behind.
+            if let Some((cg, _)) = &cgroup {
+                let _ = std::fs::remove_dir(cg.path());
+            }
+            return Err(error);
+        }
+    };
     let pid = i32::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {

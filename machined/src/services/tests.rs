@@ -1,0 +1,565 @@
+//! The executor against real host processes, real cgroups (this host mounts cgroup2;
+//! the tests need root) and a real containerd.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::cgroup::cgroup2_mount;
+use super::*;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A supervisor with its own cgroup root and log directory.
+struct Harness {
+    sup: Supervisor,
+    cgroup_root: PathBuf,
+    logs: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mount = cgroup2_mount().expect("these tests need a cgroup2 mount");
+        let cgroup_root = mount.join(format!(
+            "basalt-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let logs = tempfile::tempdir().unwrap();
+        let sup = Supervisor::new(SupervisorConfig {
+            cgroup_root: Some(cgroup_root.clone()),
+            log_dir: Some(logs.path().to_owned()),
+            log_limits: LogLimits::default(),
+            reaping: Reaping::Direct,
+        });
+        Self {
+            sup,
+            cgroup_root,
+            logs,
+        }
+    }
+
+    async fn finish(self) {
+        self.sup.stop_all(Duration::from_secs(30)).await.unwrap();
+        // Every service cgroup is gone after a stop, so the root (created with the first
+        // process service) must be removable.
+        match std::fs::remove_dir(&self.cgroup_root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other.unwrap(),
+        }
+    }
+}
+
+fn name(s: &str) -> ServiceName {
+    ServiceName::new(s).unwrap()
+}
+
+fn sh(service: &str, script: &str) -> ServiceSpec {
+    let mut spec = ServiceSpec::process(
+        name(service),
+        ProcessCommand::new("/bin/sh").args(["-c", script]),
+    );
+    spec.stop_grace = Duration::from_secs(2);
+    spec
+}
+
+fn fast_backoff() -> BackOff {
+    BackOff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        reset_after: Duration::from_secs(60),
+    }
+}
+
+const T: Duration = Duration::from_secs(20);
+
+async fn wait_log(sup: &Supervisor, service: &str, needle: &str) -> String {
+    let mut logs = sup.logs(service, true).unwrap();
+    let found = tokio::time::timeout(T, async {
+        while let Some(line) = logs.next().await {
+            if line.text.contains(needle) {
+                return line.text;
+            }
+        }
+        panic!("log of {service} ended without {needle:?}");
+    });
+    found
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} in the log of {service}"))
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie re-parented to a host init that does not reap counts as dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn runs_a_process_in_its_cgroup_captures_logs_and_stops_it() {
+    let h = Harness::new();
+    h.sup
+        .register(sh(
+            "echoer",
+            "echo hello from stdout; echo oops >&2; exec sleep 600",
+        ))
+        .unwrap();
+    let mut events = h.sup.events();
+    h.sup.start("echoer").unwrap();
+    let status = h
+        .sup
+        .wait_for("echoer", &[State::Healthy], T)
+        .await
+        .unwrap();
+    let pid = status.pid.expect("a running process has a pid");
+    let cgroup = h.cgroup_root.join("echoer");
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    assert_eq!(
+        procs.trim(),
+        pid.to_string(),
+        "the child was placed before exec"
+    );
+
+    wait_log(&h.sup, "echoer", "hello from stdout").await;
+    wait_log(&h.sup, "echoer", "oops").await;
+    let status = h.sup.status("echoer").unwrap();
+    let texts: Vec<(LogStream, String)> = status
+        .last_log_lines
+        .iter()
+        .map(|l| (l.stream, l.text.clone()))
+        .collect();
+    assert!(
+        texts.contains(&(LogStream::Stdout, "hello from stdout".into())),
+        "{texts:?}"
+    );
+    assert!(
+        texts.contains(&(LogStream::Stderr, "oops".into())),
+        "{texts:?}"
+    );
+    let file = std::fs::read_to_string(h.logs.path().join("echoer.log")).unwrap();
+    assert!(file.contains(" stdout hello from stdout\n"), "{file}");
+
+    h.sup.stop("echoer").await.unwrap();
+    let status = h.sup.status("echoer").unwrap();
+    assert_eq!(status.state, State::Stopped);
+    assert_eq!(status.pid, None);
+    assert!(!alive(pid as i32));
+    assert!(!cgroup.exists(), "the service cgroup is removed on stop");
+
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        assert_eq!(e.service, "echoer");
+        seen.push((e.from, e.to));
+    }
+    use State as S;
+    assert_eq!(
+        seen,
+        vec![
+            (S::Stopped, S::Waiting),
+            (S::Waiting, S::Starting),
+            (S::Starting, S::Running),
+            (S::Running, S::Healthy),
+            (S::Healthy, S::Stopping),
+            (S::Stopping, S::Stopped),
+        ]
+    );
+    let recent = h.sup.recent_events();
+    assert_eq!(recent.len(), 6);
+    assert!(
+        recent
+            .windows(2)
+            .all(|w| w[0].sequence + 1 == w[1].sequence)
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_crash_loop_is_reported_and_backs_off() {
+    let h = Harness::new();
+    let mut spec = sh("crasher", "echo boom; exit 3");
+    spec.backoff = fast_backoff();
+    h.sup.register(spec).unwrap();
+    h.sup.start("crasher").unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    let status = loop {
+        let status = h.sup.status("crasher").unwrap();
+        if status.restarts >= 4 && status.state == State::Failed {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.consecutive_failures >= 4, "{status:?}");
+    assert!(status.next_restart.is_some(), "{status:?}");
+    assert!(
+        status
+            .message
+            .starts_with("exited with status 3; restarting in "),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("exited with status 3"),
+        "{status:?}"
+    );
+    assert!(
+        status.last_log_lines.iter().any(|l| l.text == "boom"),
+        "{status:?}"
+    );
+    // The delays grow, then stay at the cap (200ms).
+    let delays: Vec<String> = h
+        .sup
+        .recent_events()
+        .into_iter()
+        .filter(|e| e.to == State::Failed)
+        .filter_map(|e| {
+            e.message
+                .split("restarting in ")
+                .nth(1)
+                .map(|s| s.split(' ').next().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(&delays[..4], &["50ms", "100ms", "200ms", "200ms"]);
+
+    // Stopping during back-off cancels the restart.
+    h.sup.stop("crasher").await.unwrap();
+    let status = h.sup.status("crasher").unwrap();
+    assert_eq!(status.state, State::Stopped);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(h.sup.status("crasher").unwrap().state, State::Stopped);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_missing_binary_fails_with_the_reason() {
+    let h = Harness::new();
+    let mut spec = ServiceSpec::process(name("ghost"), ProcessCommand::new("/nonexistent/ghostd"));
+    spec.restart = RestartPolicy::Never;
+    h.sup.register(spec).unwrap();
+    h.sup.start("ghost").unwrap();
+    let status = h.sup.wait_for("ghost", &[State::Failed], T).await.unwrap();
+    assert!(
+        status
+            .message
+            .starts_with("could not start: /nonexistent/ghostd: No such file or directory"),
+        "{status:?}"
+    );
+    assert_eq!(status.restarts, 0);
+    assert!(
+        !h.cgroup_root.join("ghost").exists(),
+        "no cgroup is left behind by a failed spawn"
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn stop_escalates_to_sigkill_and_kills_the_whole_cgroup() {
+    let h = Harness::new();
+    // The shell ignores SIGTERM (and so does its background child, which inherits it).
+    let mut spec = sh(
+        "stubborn",
+        "trap '' TERM; sleep 600 & echo grandchild=$!; wait; wait",
+    );
+    spec.stop_grace = Duration::from_millis(300);
+    h.sup.register(spec).unwrap();
+    h.sup.start("stubborn").unwrap();
+    let status = h
+        .sup
+        .wait_for("stubborn", &[State::Healthy], T)
+        .await
+        .unwrap();
+    let main_pid = status.pid.unwrap() as i32;
+    let line = wait_log(&h.sup, "stubborn", "grandchild=").await;
+    let grandchild: i32 = line.trim_start_matches("grandchild=").parse().unwrap();
+    assert!(alive(grandchild));
+    let procs = std::fs::read_to_string(h.cgroup_root.join("stubborn/cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l == grandchild.to_string()),
+        "{procs}"
+    );
+
+    let started = std::time::Instant::now();
+    h.sup.stop("stubborn").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "SIGTERM was ignored: grace elapsed"
+    );
+    assert!(!alive(main_pid));
+    assert!(!alive(grandchild), "the grandchild died with the cgroup");
+    let lines: Vec<String> = h
+        .sup
+        .logs("stubborn", false)
+        .unwrap()
+        .collect_now()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("after SIGTERM: SIGKILL")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("main process ended (killed by signal 9 (SIGKILL))")),
+        "{lines:?}"
+    );
+    assert_eq!(h.sup.status("stubborn").unwrap().state, State::Stopped);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn leftovers_are_killed_when_the_main_process_exits() {
+    let h = Harness::new();
+    let mut spec = sh("forker", "sleep 600 & echo orphan=$!; exit 0");
+    spec.restart = RestartPolicy::OnFailure;
+    h.sup.register(spec).unwrap();
+    h.sup.start("forker").unwrap();
+    let line = wait_log(&h.sup, "forker", "orphan=").await;
+    let orphan: i32 = line.trim_start_matches("orphan=").parse().unwrap();
+    let status = h
+        .sup
+        .wait_for("forker", &[State::Stopped], T)
+        .await
+        .unwrap();
+    assert_eq!(status.message, "exited with status 0; not restarting");
+    assert!(!alive(orphan), "the background sleep died with the service");
+    assert!(!h.cgroup_root.join("forker").exists());
+    h.finish().await;
+}
+
+fn flag_probe(flag: Arc<AtomicBool>) -> ProbeFn {
+    Arc::new(move || {
+        let flag = flag.clone();
+        Box::pin(async move {
+            if flag.load(Ordering::SeqCst) {
+                Ok("ready".to_owned())
+            } else {
+                Err("not ready yet".to_owned())
+            }
+        })
+    })
+}
+
+/// An internal service: logs, then runs until asked to stop.
+fn idle_task(service: &str) -> ServiceSpec {
+    let task: TaskFn = Arc::new(|mut ctx: TaskContext| {
+        Box::pin(async move {
+            ctx.log("serving");
+            ctx.stopping().await;
+            ctx.log("shutting down");
+            Ok(())
+        })
+    });
+    ServiceSpec::task(name(service), task)
+}
+
+#[tokio::test]
+async fn dependencies_start_first_and_stop_last() {
+    let h = Harness::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut base = idle_task("base");
+    base.health = HealthCheck::probe(
+        flag_probe(ready.clone()),
+        Duration::from_millis(20),
+        Duration::from_secs(1),
+        1,
+    );
+    let mut top = sh("top", "exec sleep 600");
+    top.depends_on = vec![name("base")];
+    h.sup.register(top).unwrap();
+    h.sup.register(base).unwrap();
+    let mut events = h.sup.events();
+
+    h.sup.start("top").unwrap();
+    h.sup
+        .wait_for("base", &[State::Unhealthy], T)
+        .await
+        .unwrap();
+    let waiting = h.sup.status("top").unwrap();
+    assert_eq!(
+        waiting.state,
+        State::Waiting,
+        "top waits for an unhealthy base"
+    );
+    assert_eq!(waiting.depends_on, vec!["base".to_owned()]);
+    ready.store(true, Ordering::SeqCst);
+    h.sup.wait_for("top", &[State::Healthy], T).await.unwrap();
+    let base = h.sup.status("base").unwrap();
+    assert_eq!((base.state, base.pid), (State::Healthy, None));
+    assert_eq!(
+        base.health.as_ref().map(|r| r.message.as_str()),
+        Some("ready")
+    );
+
+    h.sup.stop("base").await.unwrap();
+    let mut order = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if e.to == State::Stopped {
+            order.push(e.service);
+        }
+    }
+    assert_eq!(order, vec!["top", "base"], "the dependent stops first");
+    let log: Vec<String> = h
+        .sup
+        .logs("base", false)
+        .unwrap()
+        .collect_now()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert!(
+        log.contains(&"serving".to_owned()) && log.contains(&"shutting down".to_owned()),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("main process ended (task returned)")),
+        "{log:?}"
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_task_that_ignores_stop_is_aborted_after_the_grace_period() {
+    let h = Harness::new();
+    let task: TaskFn = Arc::new(|_ctx| Box::pin(std::future::pending()));
+    let mut spec = ServiceSpec::task(name("deaf"), task);
+    spec.stop_grace = Duration::from_millis(100);
+    h.sup.register(spec).unwrap();
+    h.sup.start("deaf").unwrap();
+    h.sup.wait_for("deaf", &[State::Healthy], T).await.unwrap();
+    h.sup.stop("deaf").await.unwrap();
+    assert_eq!(h.sup.status("deaf").unwrap().state, State::Stopped);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn restart_and_stop_all() {
+    let h = Harness::new();
+    h.sup.register(sh("one", "exec sleep 600")).unwrap();
+    let mut two = sh("two", "exec sleep 600");
+    two.depends_on = vec![name("one")];
+    h.sup.register(two).unwrap();
+    h.sup.start_all().unwrap();
+    let before = h.sup.wait_for("two", &[State::Healthy], T).await.unwrap();
+    h.sup.restart("two").await.unwrap();
+    let after = h.sup.wait_for("two", &[State::Healthy], T).await.unwrap();
+    assert_ne!(before.pid, after.pid);
+    assert!(!alive(before.pid.unwrap() as i32));
+    // Operator restarts are not crash restarts.
+    assert_eq!(after.restarts, 0);
+    h.sup.stop_all(Duration::from_secs(10)).await.unwrap();
+    assert!(h.sup.statuses().iter().all(|s| s.state == State::Stopped));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn api_errors_name_the_service() {
+    let h = Harness::new();
+    h.sup.register(sh("a", "exit 0")).unwrap();
+    assert_eq!(
+        h.sup.register(sh("a", "exit 0")).unwrap_err().to_string(),
+        "a service named a is already registered"
+    );
+    assert_eq!(
+        h.sup.start("nope").unwrap_err().to_string(),
+        "no service named nope is registered"
+    );
+    let mut b = sh("b", "exit 0");
+    b.depends_on = vec![name("missing")];
+    h.sup.register(b).unwrap();
+    assert_eq!(
+        h.sup.start("b").unwrap_err().to_string(),
+        "service b depends on missing, which is not registered"
+    );
+    assert!(h.sup.logs("nope", false).is_err());
+    h.finish().await;
+}
+
+/// containerd from Debian (`apt-get install containerd`), run by the supervisor with a
+/// config machined rendered, answering the gRPC Version call on its socket.
+#[tokio::test]
+async fn supervises_a_real_containerd_and_reads_its_version() {
+    let binary = Path::new("/usr/bin/containerd");
+    assert!(
+        binary.exists(),
+        "install containerd: apt-get install -y containerd"
+    );
+    let h = Harness::new();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = containerd::ContainerdSettings {
+        root: dir.path().join("root"),
+        state: dir.path().join("state"),
+        address: dir.path().join("state/containerd.sock"),
+        registry_config_path: dir.path().join("certs.d"),
+        cni_conf_dir: dir.path().join("cni"),
+        ..containerd::ContainerdSettings::default()
+    };
+    let config_file = dir.path().join("config.toml");
+    let mirrors = [containerd::RegistryMirror {
+        registry: "docker.io".into(),
+        endpoints: vec!["https://mirror.local:5000".into()],
+    }];
+    containerd::write_files(&config_file, &settings, &mirrors).unwrap();
+    let mut spec = containerd::service_spec(binary, &config_file, &settings);
+    spec.health.interval = Duration::from_millis(200);
+    h.sup.register(spec).unwrap();
+    h.sup.start("containerd").unwrap();
+    let status = match h
+        .sup
+        .wait_for("containerd", &[State::Healthy], Duration::from_secs(60))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let log: Vec<String> = h
+                .sup
+                .logs("containerd", false)
+                .unwrap()
+                .collect_now()
+                .into_iter()
+                .map(|l| l.text)
+                .collect();
+            panic!("{e}\n{}", log.join("\n"));
+        }
+    };
+    let health = status.health.unwrap();
+    assert!(
+        health.message.starts_with("containerd 1.6.20"),
+        "{}",
+        health.message
+    );
+    let version = grpc::containerd_version(&settings.address, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(version.version.starts_with("1.6.20"), "{version:?}");
+    // It logs to the ring like any service (containerd writes to stderr).
+    wait_log(&h.sup, "containerd", "containerd successfully booted").await;
+    let pid = status.pid.unwrap() as i32;
+    h.sup.stop("containerd").await.unwrap();
+    assert!(!alive(pid));
+    let status = h.sup.status("containerd").unwrap();
+    assert_eq!(status.state, State::Stopped);
+    // A clean stop: containerd honours SIGTERM within the grace period.
+    assert!(
+        !h.sup
+            .logs("containerd", false)
+            .unwrap()
+            .collect_now()
+            .iter()
+            .any(|l| l.text.contains("SIGKILL")),
+    );
+    let err = grpc::containerd_version(&settings.address, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("connecting"), "{err}");
+    h.finish().await;
+}
