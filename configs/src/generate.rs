@@ -7,6 +7,7 @@ use crate::model::{
     InstallSpec, MachineConfig, MachineSpec, MachineType, ServiceAccountSpec,
 };
 use crate::secrets::SecretsBundle;
+use crate::validate::{Mode, ValidationErrors};
 use crate::values::{
     AbsolutePath, ClusterName, Endpoint, KubernetesVersion, SubjectAltName, ValueError,
 };
@@ -20,10 +21,10 @@ pub const DEFAULT_INSTALL_DISK: &str = "/dev/vda";
 pub enum GenerateError {
     #[error("the endpoint host {host:?} cannot be a subject alternative name: {cause}")]
     EndpointSan { host: String, cause: ValueError },
-    #[error("the generated {machine_type} config does not validate: {reason}")]
+    #[error("the generated {machine_type} config does not validate: {errors}")]
     Invalid {
         machine_type: &'static str,
-        reason: String,
+        errors: ValidationErrors,
     },
 }
 
@@ -161,7 +162,26 @@ pub fn machine_configs(
         machine: machine(MachineType::Worker),
         cluster: cluster_common,
     };
+    let mode = mode_for(&controlplane);
+    for (machine_type, config) in [("controlplane", &controlplane), ("worker", &worker)] {
+        config
+            .validate(mode)
+            .map_err(|errors| GenerateError::Invalid {
+                machine_type,
+                errors,
+            })?;
+    }
     Ok((controlplane, worker))
+}
+
+/// The mode a generated config is meant for: `metal` when it names an install disk,
+/// `cloud` (boots a pre-built disk image) when it does not.
+pub fn mode_for(config: &MachineConfig) -> Mode {
+    if config.machine.install.is_some() {
+        Mode::Metal
+    } else {
+        Mode::Cloud
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +201,21 @@ mod tests {
             opts().install_disk.map(|d| d.to_string()).as_deref(),
             Some(DEFAULT_INSTALL_DISK)
         );
+    }
+
+    #[test]
+    fn both_configs_validate_with_and_without_an_install_disk() {
+        let secrets = SecretsBundle::generate().unwrap();
+        let (cp, worker) = machine_configs(&secrets, &opts()).unwrap();
+        cp.validate(Mode::Metal).unwrap();
+        worker.validate(Mode::Metal).unwrap();
+        let mut o = opts();
+        o.install_disk = None;
+        let (cp, worker) = machine_configs(&secrets, &o).unwrap();
+        assert_eq!(mode_for(&cp), Mode::Cloud);
+        cp.validate(Mode::Cloud).unwrap();
+        worker.validate(Mode::Cloud).unwrap();
+        assert!(cp.validate(Mode::Metal).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use crate::model::MachineConfig;
 use crate::parse::ParseError;
+use crate::validate::{Mode, ValidationErrors};
 
 /// Why a patch could not be read or applied.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,11 @@ pub enum PatchError {
     Apply { patch: String, reason: String },
     #[error("the config patch {patch} makes the config invalid: {cause}")]
     Invalid { patch: String, cause: ParseError },
+    #[error("after the config patches {patches}: {errors}")]
+    InvalidResult {
+        patches: String,
+        errors: ValidationErrors,
+    },
     #[error("serialising the config to patch it: {0}")]
     Serialise(String),
 }
@@ -149,6 +155,27 @@ pub fn apply_patches(
     Ok(result)
 }
 
+/// [`apply_patches`], then semantic validation of the result for `mode`; the error
+/// names the patches that were applied.
+pub fn apply_patches_and_validate(
+    config: &MachineConfig,
+    patches: &[ConfigPatch],
+    mode: Mode,
+) -> Result<MachineConfig, PatchError> {
+    let result = apply_patches(config, patches)?;
+    result
+        .validate(mode)
+        .map_err(|errors| PatchError::InvalidResult {
+            patches: patches
+                .iter()
+                .map(|p| p.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            errors,
+        })?;
+    Ok(result)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +227,24 @@ mod tests {
             .to_string();
         assert!(err.contains("netwrok"), "{err}");
         assert!(err.contains("\"machine: {netwrok: {}}\""), "{err}");
+    }
+
+    #[test]
+    fn a_patch_that_breaks_a_semantic_rule_is_named() {
+        let overlap =
+            ConfigPatch::from_arg("cluster: {network: {podSubnets: [10.96.0.0/16]}}").unwrap();
+        let config = config();
+        // Well-typed, so parsing accepts it …
+        apply_patches(&config, std::slice::from_ref(&overlap)).unwrap();
+        // … but pod and service subnets overlap.
+        let err = apply_patches_and_validate(&config, &[overlap], Mode::Metal)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("podSubnets"), "{err}");
+        assert!(
+            err.contains("\"cluster: {network: {podSubnets: [10.96.0.0/16]}}\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -431,3 +431,42 @@ fn every_command_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: basaltctl"));
     }
 }
+
+#[test]
+fn semantic_problems_are_all_reported_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = gen_config(tmp.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let worker = std::fs::read_to_string(tmp.path().join("worker.yaml")).unwrap();
+    // Two independent problems: overlapping subnets, and no install disk on metal.
+    let broken = worker
+        .replace("- 10.244.0.0/16", "- 10.96.0.0/16")
+        .replace("  install:\n    disk: /dev/vda\n", "");
+    let path = tmp.path().join("broken.yaml");
+    std::fs::write(&path, broken).unwrap();
+    let out = validate(&path);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(stdout.contains("machine.install"), "{stdout}");
+    assert!(stdout.contains("podSubnets"), "{stdout}");
+    // In cloud mode the missing install disk is fine; the overlap is not.
+    let out = basaltctl(&["validate", "-f", s(&path), "--mode", "cloud"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn a_patch_breaking_a_semantic_rule_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("out");
+    let patch = "cluster: {network: {serviceSubnets: [10.244.0.0/24]}}";
+    let out = gen_config(&dir, &["--config-patch", patch]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains(patch) && all.contains("serviceSubnets"),
+        "{all}"
+    );
+    assert!(!dir.exists());
+}

@@ -160,7 +160,11 @@ fn patched(
     if all.is_empty() {
         return Ok(config.clone());
     }
-    patch::apply_patches(config, &all).invalid_with(|| format!("patching {what}"))
+    let patched = patch::apply_patches(config, &all).invalid_with(|| format!("patching {what}"))?;
+    // A patch may add or remove machine.install; validate for what the result is.
+    let mode = generate::mode_for(&patched);
+    patch::apply_patches_and_validate(config, &all, mode)
+        .invalid_with(|| format!("patching {what}"))
 }
 
 fn load_secrets(path: &Path) -> CmdResult<SecretsBundle> {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use basalt_config::MachineConfig;
+use basalt_config::{MachineConfig, validate};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
@@ -73,6 +73,14 @@ pub fn run(args: ValidateArgs) -> CmdResult {
     }
 }
 
-fn problems(_config: &MachineConfig, _mode: Mode) -> Vec<String> {
-    Vec::new()
+fn problems(config: &MachineConfig, mode: Mode) -> Vec<String> {
+    let mode = match mode {
+        Mode::Metal => validate::Mode::Metal,
+        Mode::Cloud => validate::Mode::Cloud,
+        Mode::Container => validate::Mode::Container,
+    };
+    match config.validate(mode) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.lines(),
+    }
 }
