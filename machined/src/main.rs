@@ -4,5 +4,6 @@
 mod api;
 mod network;
 mod services;
+mod time;
 
 fn main() {}

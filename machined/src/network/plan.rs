@@ -121,6 +121,44 @@ pub struct NetworkSpec {
     pub nameservers: Vec<IpAddr>,
 }
 
+impl NetworkSpec {
+    /// The network-relevant part of a validated machine config. The VIP is left to the
+    /// control-plane VIP controller; names and CIDRs were already validated by
+    /// basalt-config, so nothing here can fail.
+    pub fn from_machine(machine: &basalt_config::MachineSpec) -> NetworkSpec {
+        use basalt_config::InterfaceSelector as Sel;
+        NetworkSpec {
+            hostname: machine.hostname.as_ref().map(|h| h.as_str().to_owned()),
+            nameservers: machine.network.nameservers.iter().map(|n| n.ip()).collect(),
+            interfaces: machine
+                .network
+                .interfaces
+                .iter()
+                .map(|i| InterfaceSpec {
+                    selector: match &i.selector {
+                        Sel::Name(n) => InterfaceSelector::Name(n.as_str().to_owned()),
+                        Sel::Device(d) => {
+                            InterfaceSelector::HardwareAddr(Mac(d.hardware_addr.octets()))
+                        }
+                    },
+                    dhcp: i.dhcp,
+                    addresses: i.addresses.iter().map(|c| c.ip_net()).collect(),
+                    routes: i
+                        .routes
+                        .iter()
+                        .map(|r| RouteSpec {
+                            network: r.network.ip_net(),
+                            gateway: r.gateway.as_ref().map(|g| g.ip()),
+                            metric: r.metric,
+                        })
+                        .collect(),
+                    mtu: i.mtu,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What the node is asked to do with its network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Intent {
@@ -776,6 +814,48 @@ mod tests {
         let p = plan(&configured(vec![first, second]), &lab()).unwrap();
         assert_eq!(p.links[1].name, "eth0", "links stay in index order");
         assert_eq!(p.node_ip, Some("10.9.0.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn machine_config_maps_onto_the_network_spec() {
+        let cfg = basalt_config::MachineConfig::from_yaml(include_str!(
+            "../../tests/data/network-static-and-mac.yaml"
+        ))
+        .unwrap();
+        let spec = NetworkSpec::from_machine(&cfg.machine);
+        assert_eq!(spec.hostname.as_deref(), Some("cp-1"));
+        assert_eq!(
+            spec.nameservers,
+            vec!["10.5.0.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(spec.interfaces.len(), 2);
+        let eth0 = &spec.interfaces[0];
+        assert_eq!(eth0.selector, name("eth0"));
+        assert_eq!(eth0.addresses, vec![net("10.5.0.2/24")]);
+        assert_eq!(eth0.mtu, Some(1500));
+        assert_eq!(
+            eth0.routes,
+            vec![RouteSpec {
+                network: net("0.0.0.0/0"),
+                gateway: Some("10.5.0.1".parse().unwrap()),
+                metric: Some(1024)
+            }]
+        );
+        assert_eq!(
+            spec.interfaces[1].selector,
+            InterfaceSelector::HardwareAddr("52:54:00:12:34:56".parse().unwrap())
+        );
+        assert!(spec.interfaces[1].dhcp);
+        // And it plans against a node that has both NICs.
+        let obs = vec![
+            link("lo", 1, None, LinkKind::Loopback),
+            link("eth0", 2, Some("52:54:00:00:00:01"), LinkKind::Physical),
+            link("enp0s4", 3, Some("52:54:00:12:34:56"), LinkKind::Physical),
+        ];
+        let p = plan(&Intent::Configured(spec), &obs).unwrap();
+        assert_eq!(p.links.len(), 3);
+        assert!(p.links[2].dhcp && p.links[2].name == "enp0s4");
+        assert_eq!(p.node_ip, Some("10.5.0.2".parse().unwrap()));
     }
 
     #[test]
