@@ -99,7 +99,16 @@ fn every_leaf_verifies_against_its_ca_for_its_purpose() {
     assert!(text.contains("IP Address:192.0.2.10"), "{text}");
     assert!(text.contains("TLS Web Server Authentication"), "{text}");
     assert!(!text.contains("TLS Web Client Authentication"), "{text}");
-    assert!(text.contains("CA:FALSE"), "{text}");
+    assert!(
+        text.contains("X509v3 Basic Constraints: critical\n                CA:FALSE"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "X509v3 Key Usage: critical\n                Digital Signature, Key Encipherment"
+        ),
+        "{text}"
+    );
     assert!(text.contains("X509v3 Subject Key Identifier"), "{text}");
     assert!(text.contains("X509v3 Authority Key Identifier"), "{text}");
     assert!(text.contains("ASN1 OID: prime256v1"), "{text}");
