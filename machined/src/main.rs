@@ -2,6 +2,8 @@
 //! persists the machine config, owns network state, supervises services, serves the
 //! node API and provisions Kubernetes.
 mod api;
+mod config_source;
+mod disks;
 mod network;
 mod services;
 mod time;
