@@ -256,6 +256,24 @@ fn probe_state(env: &Environment) -> Probe {
     }
 }
 
+/// After the disks phase: stores a config that came from the cmdline, fw_cfg or a
+/// config drive on STATE, so the node still boots once that source is gone. A config
+/// read from STATE, or identical to the stored one, is not rewritten. Returns whether
+/// it wrote.
+pub fn keep_on_state(acquired: &Acquired, store: &StateStore) -> Result<bool, PersistError> {
+    if acquired.source == SourceKind::State
+        || store.read()?.as_deref() == Some(acquired.bytes.as_slice())
+    {
+        return Ok(false);
+    }
+    store.persist(&acquired.bytes)?;
+    eprintln!(
+        "machined: config: stored the config from {} on STATE",
+        acquired.source
+    );
+    Ok(true)
+}
+
 /// Tries the sources in order. `Ok(None)`: no source has a config (maintenance mode,
 /// waiting for one). `Err`: a source has a broken config (maintenance mode, showing
 /// the error). Every source's verdict is logged; the chosen one is named.

@@ -599,3 +599,25 @@ fn user_data_is_read_through_a_read_only_mount_and_unmounted() {
         "{err}"
     );
 }
+
+#[test]
+fn acquired_config_is_kept_on_state_once() {
+    let e = env();
+    put_fw_cfg(&e.env, VALID);
+    let store = StateStore {
+        dir: e.env.state_dir.clone(),
+        platform: Mode::Metal,
+    };
+    let a = rt().block_on(acquire(&e.env)).unwrap().unwrap();
+    assert!(keep_on_state(&a, &store).unwrap());
+    assert_eq!(store.read().unwrap().unwrap(), VALID);
+    assert!(
+        !keep_on_state(&a, &store).unwrap(),
+        "same bytes: no rewrite"
+    );
+    // Next boot without fw_cfg: the STATE copy is used and not rewritten.
+    std::fs::remove_dir_all(e.env.sys.join("firmware")).unwrap();
+    let a = rt().block_on(acquire(&e.env)).unwrap().unwrap();
+    assert_eq!(a.source, SourceKind::State);
+    assert!(!keep_on_state(&a, &store).unwrap());
+}
