@@ -21,6 +21,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub basaltconfig: Option<PathBuf>,
 
+    /// The context and nodes node commands talk to.
+    #[command(flatten)]
+    pub target: cmd::node::Target,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,4 +36,7 @@ pub enum Command {
     Gen(cmd::generate::GenCommand),
     /// Check a machine config (YAML, JSON or Ignition) and report every problem.
     Validate(cmd::validate::ValidateArgs),
+    /// Node commands: apply-config, version, services, logs … (through the node API).
+    #[command(flatten)]
+    Node(cmd::node::NodeCommand),
 }

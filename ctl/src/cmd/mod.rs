@@ -1,6 +1,7 @@
 //! One module per command. Each returns [`Failure`], which tells `main` the exit code.
 
 pub mod generate;
+pub mod node;
 pub mod validate;
 
 use crate::cli::{Cli, Command};
@@ -40,5 +41,6 @@ pub fn run(cli: Cli) -> CmdResult {
     match cli.command {
         Command::Gen(command) => generate::run(command),
         Command::Validate(args) => validate::run(args),
+        Command::Node(command) => node::run(command, cli.basaltconfig.as_deref(), &cli.target),
     }
 }

@@ -16,11 +16,18 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::*;
 
+// include_str! resolves next to this file, so the fixtures are found whichever crate
+// compiles the module (basaltctl's tests embed this server too).
 fn data(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    match name {
+        "api-apply-controlplane.yaml" => {
+            include_str!("../../tests/data/api-apply-controlplane.yaml").to_owned()
+        }
+        "api-apply-many-problems.yaml" => {
+            include_str!("../../tests/data/api-apply-many-problems.yaml").to_owned()
+        }
+        other => panic!("no fixture {other}"),
+    }
 }
 
 struct Pki {
