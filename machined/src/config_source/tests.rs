@@ -514,7 +514,7 @@ fn config_drives_are_found_by_label_on_loop_devices() {
     );
     let mut drives = drive::find(&sys, Path::new("/dev"));
     drives.sort_by(|a, b| a.device.cmp(&b.device));
-    let mut want = vec![
+    let mut want = [
         (
             nocloud.dev.clone(),
             drive::DriveKind::NoCloud,

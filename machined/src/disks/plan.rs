@@ -78,7 +78,7 @@ pub fn plan(table: &Gpt, disk_sectors: u64) -> Result<Plan, PlanError> {
         }
     }
     let ss = table.sector_size;
-    let new_last_usable = disk_sectors - 1 - array_sectors(ss) - 1;
+    let new_last_usable = disk_sectors.saturating_sub(array_sectors(ss) + 2);
     if new_last_usable < table.last_usable {
         return Err(PlanError::DiskSmallerThanTable {
             disk_sectors,
@@ -382,6 +382,17 @@ mod tests {
             plan(&t, 512 * MIB),
             Err(PlanError::DiskSmallerThanTable { .. })
         ));
+    }
+
+    #[test]
+    fn absurdly_small_disk_is_refused_not_underflowed() {
+        let t = table(64);
+        for sectors in [0, 1, 33, 34] {
+            assert!(matches!(
+                plan(&t, sectors),
+                Err(PlanError::DiskSmallerThanTable { .. })
+            ));
+        }
     }
 
     #[test]
