@@ -162,6 +162,11 @@ pub struct LogFollower {
 }
 
 impl LogFollower {
+    /// The backlog and the live receiver, for callers that stream on their own.
+    pub fn into_parts(self) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
+        (self.backlog.into_iter().collect(), self.live)
+    }
+
     /// The backlog, without waiting for anything new.
     pub fn collect_now(self) -> Vec<LogLine> {
         self.backlog.into_iter().collect()

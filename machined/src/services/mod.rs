@@ -9,6 +9,7 @@
 // The sequencer and the API wire this in; until main calls them, most items look unused.
 #![allow(dead_code, unused_imports)]
 
+pub mod apid;
 pub mod cgroup;
 pub mod containerd;
 mod error;
@@ -20,6 +21,7 @@ mod runner;
 pub mod spec;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;

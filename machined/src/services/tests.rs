@@ -563,3 +563,126 @@ async fn supervises_a_real_containerd_and_reads_its_version() {
     assert!(err.to_string().contains("connecting"), "{err}");
     h.finish().await;
 }
+
+/// What the API's `NodeState` wiring calls: wire statuses, immediate action requests,
+/// log and event feeds.
+#[tokio::test]
+async fn the_api_view_reads_and_requests() {
+    let h = Harness::new();
+    h.sup
+        .register(sh("web", "echo up; exec sleep 600"))
+        .unwrap();
+    let events = h.sup.event_feed(true);
+    assert!(events.backlog.is_empty());
+    let mut live_events = events.live.unwrap();
+
+    assert_eq!(
+        h.sup
+            .request("web", basalt_api::ServiceAction::Start)
+            .unwrap(),
+        "starting web"
+    );
+    h.sup.wait_for("web", &[State::Healthy], T).await.unwrap();
+    let wire = h.sup.wire_statuses();
+    assert_eq!(wire.len(), 1);
+    assert_eq!(
+        (wire[0].name.as_str(), wire[0].state),
+        ("web", State::Healthy)
+    );
+    assert!(wire[0].since_unix_ms.unwrap() > 1_600_000_000_000);
+
+    let first = live_events.recv().await.unwrap();
+    assert_eq!(first.kind, "service");
+    assert_eq!(first.subject.as_deref(), Some("web"));
+    assert_eq!(first.message, "stopped → waiting: waiting for dependencies");
+
+    wait_log(&h.sup, "web", "up").await;
+    let feed = h.sup.log_feed("web", true).unwrap();
+    assert!(
+        feed.backlog
+            .iter()
+            .any(|l| l.service == "web" && l.message == "up")
+    );
+    let mut live_logs = feed.live.unwrap();
+
+    assert_eq!(
+        h.sup
+            .request("web", basalt_api::ServiceAction::Stop)
+            .unwrap(),
+        "stopping web and what depends on it"
+    );
+    h.sup.wait_for("web", &[State::Stopped], T).await.unwrap();
+    let line = tokio::time::timeout(T, live_logs.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line.message, "healthy → stopping: stopping");
+
+    let err = h
+        .sup
+        .request("nope", basalt_api::ServiceAction::Restart)
+        .unwrap_err();
+    assert!(matches!(
+        crate::api::ProviderError::from(err),
+        crate::api::ProviderError::NotFound { .. }
+    ));
+    h.finish().await;
+}
+
+/// The PID-1 mode: the supervisor never waits for its children; a reaper hands exit
+/// statuses over through `ChildExits`. The reaper here waits for the PIDs the statuses
+/// show, standing in for machined's `waitpid(-1)` loop, which would also reap the
+/// children of the other tests running in this process.
+#[tokio::test]
+async fn external_reaping_delivers_exits_through_child_exits() {
+    let exits = ChildExits::new();
+    let mount = cgroup2_mount().unwrap();
+    let cgroup_root = mount.join(format!("basalt-test-ext-{}", std::process::id()));
+    let sup = Supervisor::new(SupervisorConfig {
+        cgroup_root: Some(cgroup_root.clone()),
+        log_dir: None,
+        log_limits: LogLimits::default(),
+        reaping: Reaping::External(exits.clone()),
+    });
+    let mut spec = sh("reaped", "sleep 0.2; exit 4");
+    spec.restart = RestartPolicy::Never;
+    sup.register(spec).unwrap();
+    let mut spec = sh("stopped", "exec sleep 600");
+    spec.restart = RestartPolicy::Never;
+    sup.register(spec).unwrap();
+
+    let reaper_sup = sup.clone();
+    let reaper = tokio::spawn(async move {
+        loop {
+            for status in reaper_sup.statuses() {
+                let Some(pid) = status.pid else { continue };
+                let mut raw = 0;
+                // SAFETY: waitpid writes the status into our local.
+                let rc = unsafe { libc::waitpid(pid as i32, &mut raw, libc::WNOHANG) };
+                if rc == pid as i32 {
+                    exits.notify(rc, std::os::unix::process::ExitStatusExt::from_raw(raw));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    sup.start_all().unwrap();
+    let status = sup.wait_for("reaped", &[State::Failed], T).await.unwrap();
+    assert_eq!(status.message, "exited with status 4; not restarting");
+    sup.wait_for("stopped", &[State::Healthy], T).await.unwrap();
+    sup.stop("stopped").await.unwrap();
+    let log: Vec<String> = sup
+        .logs("stopped", false)
+        .unwrap()
+        .collect_now()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("main process ended (killed by signal 15 (SIGTERM))")),
+        "{log:?}"
+    );
+    reaper.abort();
+    std::fs::remove_dir(&cgroup_root).unwrap();
+}

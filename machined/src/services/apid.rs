@@ -1,0 +1,75 @@
+//! `apid`: machined's own API server, supervised like any other service so that
+//! `basaltctl services` lists it, its failures are restarted with back-off, and it is
+//! stopped in order at shutdown. It is a task inside machined, not a process.
+
+use std::sync::Arc;
+
+use super::spec::{ServiceName, ServiceSpec, TaskContext, TaskFn};
+use crate::api::{self, ApiConfig, ConfigSink, NodeState};
+
+/// The `apid` service: each (re)start binds and serves the API with `config`; a stop
+/// request closes the listener.
+pub fn service_spec(config: ApiConfig, node: Arc<dyn NodeState>, sink: ConfigSink) -> ServiceSpec {
+    let task: TaskFn = Arc::new(move |mut ctx: TaskContext| {
+        let (config, node, sink) = (config.clone(), node.clone(), sink.clone());
+        Box::pin(async move {
+            let running = api::start(config, node, sink)
+                .await
+                .map_err(|e| e.to_string())?;
+            ctx.log(&format!("listening on {}", running.local_addr()));
+            ctx.stopping().await;
+            running.stop();
+            ctx.log("stopped listening");
+            Ok(())
+        })
+    });
+    let name = ServiceName::new("apid").unwrap_or_else(|_| unreachable!("a valid constant"));
+    ServiceSpec::task(name, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::services::{State, Supervisor, SupervisorConfig};
+
+    /// The real API server in maintenance mode, started and stopped by the supervisor.
+    #[tokio::test]
+    async fn apid_serves_while_supervised_and_closes_on_stop() {
+        let sup = Supervisor::new(SupervisorConfig {
+            cgroup_root: None,
+            log_dir: None,
+            log_limits: Default::default(),
+            reaping: crate::services::Reaping::Direct,
+        });
+        let mut config = ApiConfig::node(api::ApiMode::Maintenance, basalt_config::Mode::Metal);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (sink, _configs) = api::config_channel();
+        sup.register(service_spec(config, Arc::new(api::NothingWired), sink))
+            .unwrap();
+        sup.start("apid").unwrap();
+        let status = sup
+            .wait_for("apid", &[State::Healthy], Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(status.pid, None, "an internal service has no process");
+        let mut logs = sup.logs("apid", true).unwrap();
+        let addr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), logs.next())
+                .await
+                .unwrap()
+                .unwrap();
+            if let Some(addr) = line.text.strip_prefix("listening on ") {
+                break addr.parse::<SocketAddr>().unwrap();
+            }
+        };
+        tokio::net::TcpStream::connect(addr).await.unwrap();
+        sup.stop("apid").await.unwrap();
+        assert_eq!(sup.status("apid").unwrap().state, State::Stopped);
+        // The accept loop is gone: nothing answers on the port any more.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+}
