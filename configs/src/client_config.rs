@@ -67,6 +67,10 @@ pub enum ClientConfigError {
         context: String,
         defined: String,
     },
+    #[error(
+        "{endpoint:?} is not a node API endpoint: expected host, host:port, [IPv6] or [IPv6]:port"
+    )]
+    Endpoint { endpoint: String },
     #[error("serialising the client config: {0}")]
     Serialise(String),
     #[error(
@@ -189,6 +193,43 @@ pub fn issue_client_certificate(
         name: name.to_owned(),
         cause,
     })
+}
+
+/// Splits a node API endpoint (`host`, `host:port`, `IPv6`, `[IPv6]`, `[IPv6]:port`)
+/// into host and port; the port defaults to [`DEFAULT_API_PORT`]. IPv6 hosts come back
+/// without brackets.
+pub fn parse_endpoint(endpoint: &str) -> Result<(String, u16), ClientConfigError> {
+    let bad = || ClientConfigError::Endpoint {
+        endpoint: endpoint.to_owned(),
+    };
+    if endpoint.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok((endpoint.to_owned(), DEFAULT_API_PORT));
+    }
+    let (host, port) = if let Some(rest) = endpoint.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else {
+        match endpoint.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (endpoint, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+        None => DEFAULT_API_PORT,
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+    if !host_ok {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
 }
 
 /// The whole client file.
@@ -319,6 +360,13 @@ impl ClientConfig {
                     reason: "at least one endpoint is needed".into(),
                 });
             }
+            for (i, endpoint) in ctx.endpoints.iter().enumerate() {
+                parse_endpoint(endpoint).map_err(|e| ClientConfigError::Parse {
+                    path: origin.to_owned(),
+                    field: field(&format!("endpoints[{i}]")),
+                    reason: e.to_string(),
+                })?;
+            }
             pki::check_certificate_pem(&ctx.ca).map_err(|e| pki_err("ca", e))?;
             pki::check_certificate_pem(&ctx.crt).map_err(|e| pki_err("crt", e))?;
             pki::check_key_pair(&ctx.crt, &ctx.key).map_err(|e| pki_err("key", e))?;
@@ -412,6 +460,28 @@ mod tests {
         assert!(Role::from_organizations("x", &unknown).is_err());
         let other = ["system:masters".to_owned(), "basalt:reader".to_owned()];
         assert_eq!(Role::from_organizations("x", &other).unwrap(), Role::Reader);
+    }
+
+    #[test]
+    fn endpoints_get_the_default_port() {
+        let ok = |s: &str| parse_endpoint(s).unwrap();
+        assert_eq!(ok("192.0.2.10"), ("192.0.2.10".into(), 50000));
+        assert_eq!(ok("node-1:50001"), ("node-1".into(), 50001));
+        assert_eq!(ok("fd00::1"), ("fd00::1".into(), 50000));
+        assert_eq!(ok("[fd00::1]"), ("fd00::1".into(), 50000));
+        assert_eq!(ok("[fd00::1]:7"), ("fd00::1".into(), 7));
+        for bad in [
+            "",
+            ":50000",
+            "host:0",
+            "host:x",
+            "[fd00::1",
+            "[nothost]:1",
+            "a b",
+            "https://x",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

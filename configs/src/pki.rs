@@ -419,6 +419,29 @@ pub fn issue_leaf(ca: &CertAndKey, spec: &LeafSpec) -> Result<CertAndKey, PkiErr
     })
 }
 
+/// A self-signed server certificate (serverAuth, CA:FALSE) with a fresh key, for a
+/// node in maintenance mode: it has no API CA yet, so the operator checks the
+/// certificate's [`fingerprint_sha256`] printed on the console instead of a chain.
+pub fn self_signed_server(common_name: &str, sans: &[String]) -> Result<CertAndKey, PkiError> {
+    let mut params = base_params(common_name, None, LEAF_VALIDITY)?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<Vec<_>, _>>()?;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = generate_key()?;
+    let cert = params.self_signed(&key).map_err(|e| PkiError::Issue {
+        subject: common_name.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +521,20 @@ mod tests {
         spec.sans = vec!["not a host".into()];
         let err = issue_leaf(&ca, &spec).unwrap_err();
         assert!(err.to_string().contains("\"not a host\""), "{err}");
+    }
+
+    #[test]
+    fn self_signed_server_is_not_a_ca_and_names_its_sans() {
+        let cert =
+            self_signed_server("maintenance", &["192.0.2.5".into(), "node-1".into()]).unwrap();
+        let info = check_certificate_pem(&cert.cert_pem).unwrap();
+        assert!(!info.is_ca);
+        assert_eq!(info.dns_names, vec!["node-1".to_owned()]);
+        assert_eq!(
+            info.ip_addresses,
+            vec!["192.0.2.5".parse::<IpAddr>().unwrap()]
+        );
+        check_key_pair(&cert.cert_pem, &cert.key_pem).unwrap();
     }
 
     #[test]

@@ -369,6 +369,23 @@ fn gen_certificate_issues_role_certificates_and_basaltconfigs() {
         "gen",
         "certificate",
         "--role",
+        "admin",
+        "--name",
+        "x",
+        "--secrets",
+        s(&secrets),
+        "--basaltconfig-out",
+        s(&tmp.path().join("bad-endpoint")),
+        "--endpoint",
+        "https://192.0.2.10",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!tmp.path().join("bad-endpoint").exists());
+
+    let out = basaltctl(&[
+        "gen",
+        "certificate",
+        "--role",
         "root",
         "--name",
         "eve",

@@ -258,6 +258,9 @@ fn certificate(args: CertificateArgs) -> CmdResult {
             args.name
         )));
     }
+    for endpoint in &args.endpoints {
+        client_config::parse_endpoint(endpoint).invalid()?;
+    }
     let bundle = load_secrets(&args.secrets)?;
     let cert = client_config::issue_client_certificate(
         &bundle.api.ca.cert_and_key(),
