@@ -487,3 +487,42 @@ fn a_patch_breaking_a_semantic_rule_is_refused() {
     );
     assert!(!dir.exists());
 }
+
+/// The model's own fixtures, through the CLI: every good one is `ok`, every bad one
+/// exits 2 with at least one `file: path: message` line.
+#[test]
+fn validate_agrees_with_the_config_fixtures() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/tests/data");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if path.is_dir() || name.starts_with('.') {
+            continue;
+        }
+        let mode = if name.starts_with("container-") {
+            "container"
+        } else {
+            "metal"
+        };
+        let out = basaltctl(&["validate", "-f", s(&path), "--mode", mode]);
+        let bad = name.starts_with("bad-")
+            || (name.starts_with("ignition-") && name != "ignition-config-carried.json");
+        if bad {
+            assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+            assert!(
+                String::from_utf8_lossy(&out.stdout).starts_with(&format!("{}: ", s(&path))),
+                "{name}: {}",
+                text(&out)
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} fixtures found in {}",
+        data.display()
+    );
+}
