@@ -7,7 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A client's role, carried in its certificate's subject Organization. Roles are ordered:
+/// A client's role, carried in its certificate's subject Organization (machined reads it with
+/// `basalt_config::client_config::Role::from_certificate_der`: exactly one `basalt:` value,
+/// several are refused as ambiguous). Roles are ordered:
 /// each may do everything the one before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,12 +32,6 @@ impl Role {
             Self::Operator => "basalt:operator",
             Self::Admin => "basalt:admin",
         }
-    }
-
-    /// The role a certificate's Organizations grant: the highest one named, so that a
-    /// certificate carrying several roles is not demoted by their order.
-    pub fn from_organizations<'a>(orgs: impl IntoIterator<Item = &'a str>) -> Option<Role> {
-        orgs.into_iter().filter_map(|o| o.parse().ok()).max()
     }
 }
 
@@ -479,15 +475,11 @@ mod tests {
     }
 
     #[test]
-    fn role_comes_from_the_highest_organization() {
-        assert_eq!(
-            Role::from_organizations(["x", "basalt:reader"]),
-            Some(Role::Reader)
-        );
-        assert_eq!(
-            Role::from_organizations(["basalt:admin", "basalt:reader"]),
-            Some(Role::Admin)
-        );
-        assert_eq!(Role::from_organizations(["system:masters"]), None);
+    fn roles_parse_from_their_organization_and_are_ordered() {
+        for role in Role::ALL {
+            assert_eq!(role.organization().parse::<Role>().unwrap(), role);
+        }
+        assert!("admin".parse::<Role>().is_err());
+        assert!(Role::Reader < Role::Operator && Role::Operator < Role::Admin);
     }
 }

@@ -137,7 +137,8 @@ impl Cluster {
 
     async fn configured(&self) -> Server {
         let identity =
-            ServerIdentity::issue(&self.ca, "node-1", &[IpAddr::V4(Ipv4Addr::LOCALHOST)]).unwrap();
+            ServerIdentity::issue(&self.ca, "node-1", &[IpAddr::V4(Ipv4Addr::LOCALHOST)], &[])
+                .unwrap();
         serve(ApiMode::Configured(identity)).await
     }
 

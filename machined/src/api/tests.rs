@@ -173,7 +173,7 @@ async fn start_server(mode: ApiMode, node: Arc<dyn NodeState>) -> Harness {
 
 async fn configured(pki: &Pki, node: Arc<dyn NodeState>) -> Harness {
     let identity =
-        ServerIdentity::issue(&pki.ca, "node-1", &[IpAddr::V4(Ipv4Addr::LOCALHOST)]).unwrap();
+        ServerIdentity::issue(&pki.ca, "node-1", &[IpAddr::V4(Ipv4Addr::LOCALHOST)], &[]).unwrap();
     start_server(ApiMode::Configured(identity), node).await
 }
 

@@ -41,9 +41,15 @@ impl ServerIdentity {
         api_ca: &CertAndKey,
         hostname: &str,
         addresses: &[IpAddr],
+        extra_sans: &[String],
     ) -> Result<Self, ApiError> {
         let mut sans = vec![hostname.to_owned(), "localhost".to_owned()];
         sans.extend(addresses.iter().map(IpAddr::to_string));
+        for san in extra_sans {
+            if !sans.contains(san) {
+                sans.push(san.clone());
+            }
+        }
         let spec = LeafSpec {
             common_name: hostname.to_owned(),
             organization: None,
@@ -58,6 +64,41 @@ impl ServerIdentity {
             cert_pem: leaf.cert_pem,
             key_pem: leaf.key_pem,
         })
+    }
+
+    /// The identity of a configured node from its machine config: the API CA of
+    /// `machine.ca` (its key is on control planes only), SANs from the hostname, the
+    /// node's addresses and `machine.certSANs`.
+    pub fn for_node(
+        config: &basalt_config::MachineConfig,
+        hostname: &str,
+        addresses: &[IpAddr],
+    ) -> Result<Self, ApiError> {
+        let ca = &config.machine.ca;
+        let Some(key) = &ca.key else {
+            return Err(ApiError::Identity {
+                reason: "machine.ca carries no key on this node (a worker): its API certificate \
+                         must come from a control plane, which is not implemented yet"
+                    .to_owned(),
+            });
+        };
+        if key.is_redacted() {
+            return Err(ApiError::Identity {
+                reason: "machine.ca.key is redacted; a redacted config cannot run a node"
+                    .to_owned(),
+            });
+        }
+        let api_ca = CertAndKey {
+            cert_pem: ca.crt.as_str().to_owned(),
+            key_pem: key.as_str().to_owned(),
+        };
+        let extra: Vec<String> = config
+            .machine
+            .cert_sans
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        Self::issue(&api_ca, hostname, addresses, &extra)
     }
 }
 
@@ -147,4 +188,47 @@ pub fn role_of(der: &[u8]) -> Result<Role, String> {
     role.organization()
         .parse::<Role>()
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn controlplane() -> basalt_config::MachineConfig {
+        basalt_config::MachineConfig::from_yaml(include_str!(
+            "../../tests/data/api-apply-controlplane.yaml"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_control_plane_issues_its_own_certificate_for_its_names() {
+        let config = controlplane();
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 5, 0, 2));
+        let identity = ServerIdentity::for_node(&config, "cp-1", &[ip]).unwrap();
+        let info = pki::check_certificate_pem(&identity.cert_pem).unwrap();
+        assert!(info.dns_names.contains(&"cp-1".to_owned()));
+        assert!(info.ip_addresses.contains(&ip));
+        for san in &config.machine.cert_sans {
+            let san = san.to_string();
+            assert!(
+                info.dns_names.contains(&san)
+                    || info.ip_addresses.iter().any(|i| i.to_string() == san),
+                "{san} missing"
+            );
+        }
+        mutual(&identity).unwrap();
+    }
+
+    #[test]
+    fn a_worker_without_the_ca_key_cannot_issue_one() {
+        let mut config = controlplane();
+        config.machine.ca.key = None;
+        let err = ServerIdentity::for_node(&config, "w-1", &[]).unwrap_err();
+        assert!(err.to_string().contains("no key"), "{err}");
+        let redacted = controlplane().redacted();
+        assert!(ServerIdentity::for_node(&redacted, "cp-1", &[]).is_err());
+    }
 }
