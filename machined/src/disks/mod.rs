@@ -336,6 +336,17 @@ pub fn prepare_disk(device: &Path, paths: &Paths) -> Result<Option<DiskOutcome>,
     }))
 }
 
+/// The PARTUUID in an efivarfs `LoaderDevicePartUUID` file: 4 bytes of attributes,
+/// then a NUL-terminated UTF-16LE string.
+pub fn loader_partuuid(raw: &[u8]) -> Option<Guid> {
+    let units: Vec<u16> = raw
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    Guid::parse(&String::from_utf16_lossy(&units))
+}
+
 /// The whole disk carrying the ESP systemd-boot was loaded from, if the firmware says.
 pub fn boot_disk(paths: &Paths) -> Option<PathBuf> {
     let var = paths.sys.join(LOADER_DEVICE_PART_UUID);
@@ -353,14 +364,7 @@ pub fn boot_disk(paths: &Paths) -> Option<PathBuf> {
             );
         }
     }
-    let raw = std::fs::read(&var).ok()?;
-    // 4 bytes of attributes, then a NUL-terminated UTF-16LE string.
-    let units: Vec<u16> = raw
-        .get(4..)?
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
-    let uuid = Guid::parse(&String::from_utf16_lossy(&units))?;
+    let uuid = loader_partuuid(&std::fs::read(&var).ok()?)?;
     disk_where(paths, |t| {
         t.partitions.iter().any(|p| p.unique_guid == uuid)
     })

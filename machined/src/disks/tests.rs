@@ -319,15 +319,7 @@ fn existing_state_is_mounted_before_config_acquisition() {
     let file = image_disk(n.tmp.path(), 64, 256);
     let lo = Loop::attach(&file, true);
     let name = lo.name();
-    // Only our loop device is visible (the host may have other GPT disks).
-    let sys = n.tmp.path().join("sys");
-    std::fs::create_dir_all(sys.join("block").join(&name)).unwrap();
-    std::os::unix::fs::symlink(Path::new("/sys/class/block").join(&name), {
-        std::fs::create_dir_all(sys.join("class/block")).unwrap();
-        sys.join("class/block").join(&name)
-    })
-    .unwrap();
-    n.paths.sys = sys;
+    n.paths.sys = sys_with_only(n.tmp.path(), &name);
 
     // First boot: nothing to mount yet, and nothing is created by this call.
     assert_eq!(mount_existing_state(&n.paths).unwrap(), None);
@@ -352,5 +344,68 @@ fn existing_state_is_mounted_before_config_acquisition() {
     assert!(is_mounted(&n.paths.state_mount));
     let outcome = prepare(None, &n.paths).unwrap();
     assert!(matches!(outcome, DiskOutcome::Disk { ref created, .. } if created.is_empty()));
+    unmount_all().unwrap();
+}
+
+/// A sysfs in which only `disk` exists (the host may have other GPT disks), its
+/// partitions the real ones.
+fn sys_with_only(root: &Path, disk: &str) -> PathBuf {
+    let sys = root.join("sys");
+    std::fs::create_dir_all(sys.join("block").join(disk)).unwrap();
+    std::fs::create_dir_all(sys.join("class/block")).unwrap();
+    std::os::unix::fs::symlink(
+        Path::new("/sys/class/block").join(disk),
+        sys.join("class/block").join(disk),
+    )
+    .unwrap();
+    sys
+}
+
+fn efi_variable(text: &str) -> Vec<u8> {
+    let mut raw = vec![0x06, 0, 0, 0]; // BOOTSERVICE_ACCESS | RUNTIME_ACCESS
+    for unit in text.encode_utf16().chain([0]) {
+        raw.extend_from_slice(&unit.to_le_bytes());
+    }
+    raw
+}
+
+#[test]
+fn loader_variable_parses() {
+    let g = loader_partuuid(&efi_variable("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")).unwrap();
+    assert_eq!(g.to_string(), "AAAAAAAA-BBBB-CCCC-DDDD-EEEEEEEEEEEE");
+    assert_eq!(loader_partuuid(&[6, 0, 0]), None);
+    assert_eq!(loader_partuuid(&efi_variable("not-a-guid")), None);
+}
+
+#[test]
+fn boot_disk_is_found_by_the_loaders_partuuid() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut n = node();
+    let file = image_disk(n.tmp.path(), 64, 256);
+    let lo = Loop::attach(&file, true);
+    n.paths.sys = sys_with_only(n.tmp.path(), &lo.name());
+    assert_eq!(
+        boot_disk(&n.paths),
+        None,
+        "no EFI variable: not booted from a disk"
+    );
+    let efi_uuid = sfdisk_json(&lo.dev)["partitiontable"]["partitions"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vars = n.paths.sys.join("firmware/efi/efivars");
+    std::fs::create_dir_all(&vars).unwrap();
+    let var = n.paths.sys.join(LOADER_DEVICE_PART_UUID);
+    std::fs::write(&var, efi_variable("00000000-0000-0000-0000-000000000001")).unwrap();
+    assert_eq!(boot_disk(&n.paths), None, "booted from some other disk");
+    std::fs::write(&var, efi_variable(&efi_uuid.to_lowercase())).unwrap();
+    assert_eq!(boot_disk(&n.paths), Some(lo.dev.clone()));
+    // The disks phase with no install disk configured uses it.
+    let outcome = prepare(None, &n.paths).unwrap();
+    assert!(
+        matches!(outcome, DiskOutcome::Disk { ref device, ref created, .. } if *device == lo.dev && created.len() == 2),
+        "{outcome:?}"
+    );
     unmount_all().unwrap();
 }
