@@ -25,6 +25,8 @@ impl fmt::Display for ConfigUrl {
 pub enum CmdlineError {
     #[error("basalt.config={value}: {reason}")]
     BadUrl { value: String, reason: String },
+    #[error("basalt.platform={value}: {reason}")]
+    BadPlatform { value: String, reason: String },
 }
 
 impl std::str::FromStr for ConfigUrl {
@@ -90,9 +92,42 @@ pub fn config_url(cmdline: &str) -> Result<Option<ConfigUrl>, CmdlineError> {
         .transpose()
 }
 
+/// `basalt.platform=` (metal, cloud, container): what configs are validated against.
+/// `None` when absent; the image's command line always carries it.
+pub fn platform(cmdline: &str) -> Result<Option<basalt_config::Mode>, CmdlineError> {
+    params(cmdline)
+        .iter()
+        .filter_map(|p| p.strip_prefix("basalt.platform="))
+        .next_back()
+        .map(|v| {
+            v.parse()
+                .map_err(|e: basalt_config::UnknownMode| CmdlineError::BadPlatform {
+                    value: v.to_string(),
+                    reason: e.to_string(),
+                })
+        })
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platform_parameter() {
+        use basalt_config::Mode;
+        let c = "console=tty0 console=ttyS0,115200 basalt.platform=metal panic=10";
+        assert_eq!(platform(c).unwrap(), Some(Mode::Metal));
+        assert_eq!(
+            platform("basalt.platform=cloud").unwrap(),
+            Some(Mode::Cloud)
+        );
+        assert_eq!(platform("quiet").unwrap(), None);
+        assert!(matches!(
+            platform("basalt.platform=baremetal"),
+            Err(CmdlineError::BadPlatform { .. })
+        ));
+    }
 
     #[test]
     fn finds_the_url_among_other_parameters() {

@@ -621,3 +621,17 @@ fn acquired_config_is_kept_on_state_once() {
     assert_eq!(a.source, SourceKind::State);
     assert!(!keep_on_state(&a, &store).unwrap());
 }
+
+/// The sequencer runs phases as `Send` futures and boxes their errors.
+#[test]
+fn futures_are_send_and_errors_box() {
+    fn send<T: Send>(_: &T) {}
+    fn boxable<E: std::error::Error + Send + Sync + 'static>() {}
+    let e = env();
+    let fut = acquire(&e.env);
+    send(&fut);
+    drop(fut);
+    boxable::<AcquireError>();
+    boxable::<PersistError>();
+    boxable::<crate::disks::DiskError>();
+}
