@@ -410,7 +410,7 @@ impl Shared {
         };
         let probe = match &input {
             Input::ProbeOk(m) => Some((true, m.clone())),
-            Input::ProbeFailed(m) => Some((false, m.clone())),
+            Input::ProbeFailed(m) | Input::ProbeNotYet(m) => Some((false, m.clone())),
             _ => None,
         };
         let policy = h.spec.policy();

@@ -65,6 +65,9 @@ pub enum Input {
     ProbeOk(String),
     /// A health probe failed or timed out.
     ProbeFailed(String),
+    /// A probe failed while the service is still in its start period (it has never been
+    /// healthy in this run and is allowed time to come up): reported, not counted.
+    ProbeNotYet(String),
     /// The process ended on its own.
     Exited {
         success: bool,
@@ -203,6 +206,11 @@ impl Lifecycle {
                 self.probe_failures = 0;
                 (S::Healthy, message, Effect::Nothing)
             }
+            (S::Running, Input::ProbeNotYet(error)) => (
+                S::Running,
+                format!("not ready yet: {error}"),
+                Effect::Nothing,
+            ),
             (S::Running | S::Healthy | S::Unhealthy, Input::ProbeFailed(error)) => {
                 self.probe_failures = self.probe_failures.saturating_add(1);
                 let to = if self.probe_failures >= policy.failure_threshold.max(1) {
@@ -466,6 +474,7 @@ mod tests {
             Input::SpawnFailed("ENOENT".into()),
             Input::ProbeOk("ok".into()),
             Input::ProbeFailed("refused".into()),
+            Input::ProbeNotYet("refused".into()),
             exited(true, 1),
             exited(false, 1),
             Input::BackOffElapsed,
@@ -516,6 +525,7 @@ mod tests {
                             Some((S::Healthy, Effect::Nothing))
                         }
                         // One failure is below the threshold of 3: the state stays.
+                        (S::Running, Input::ProbeNotYet(_)) => Some((S::Running, Effect::Nothing)),
                         (S::Running | S::Healthy | S::Unhealthy, Input::ProbeFailed(_)) => {
                             Some((state, Effect::Nothing))
                         }
@@ -642,6 +652,19 @@ mod tests {
         // The streak starts over after a success.
         let step = lc.on(Input::ProbeFailed("refused".into()), &p).unwrap();
         assert_eq!(step.to, State::Healthy);
+    }
+
+    #[test]
+    fn failures_in_the_start_period_do_not_count() {
+        let p = policy(RestartPolicy::Always);
+        let mut lc = in_state(State::Running, false);
+        for _ in 0..10 {
+            let step = lc.on(Input::ProbeNotYet("refused".into()), &p).unwrap();
+            assert_eq!(step.to, State::Running);
+            assert_eq!(step.message, "not ready yet: refused");
+        }
+        let step = lc.on(Input::ProbeFailed("refused".into()), &p).unwrap();
+        assert!(step.message.contains("(1 in a row)"), "{}", step.message);
     }
 
     #[test]

@@ -18,7 +18,9 @@ use super::cgroup::Cgroup;
 use super::logs::{LogRing, LogStream};
 use super::plan::{Effect, Input};
 use super::reaper::Reaping;
-use super::spec::{BoxFuture, HealthKind, ProcessCommand, Runnable, TaskContext};
+use super::spec::{
+    BoxFuture, HealthKind, ProcessCommand, Runnable, START_PERIOD_INTERVAL, TaskContext,
+};
 use super::{Command, ServiceHandle, Shared};
 
 /// After SIGKILL, how long to wait for the exit to be reported.
@@ -225,8 +227,10 @@ async fn run_once(
         HealthKind::Probe(probe) => Some(probe.clone()),
     };
     let health = &svc.spec.health;
-    let mut ticker = tokio::time::interval(health.interval.max(Duration::from_millis(10)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first probe runs at once; then every interval, faster during the start period.
+    let start_period_ends = started + health.start_period;
+    let mut in_start_period = !health.start_period.is_zero();
+    let mut next_probe = tokio::time::Instant::now();
     let mut in_flight: Option<BoxFuture<Result<String, String>>> = None;
 
     loop {
@@ -239,7 +243,7 @@ async fn run_once(
                     ran_for: started.elapsed(),
                 });
             }
-            _ = ticker.tick(), if probe.is_some() && in_flight.is_none() => {
+            () = tokio::time::sleep_until(next_probe), if probe.is_some() && in_flight.is_none() => {
                 if let Some(probe) = &probe {
                     let call = probe();
                     let timeout = health.timeout;
@@ -253,10 +257,18 @@ async fn run_once(
             }
             result = async { in_flight.as_mut().expect("guarded by the select condition").await }, if in_flight.is_some() => {
                 in_flight = None;
+                in_start_period &= result.is_err() && Instant::now() < start_period_ends;
                 match result {
                     Ok(message) => shared.apply(svc, Input::ProbeOk(message)),
+                    Err(error) if in_start_period => shared.apply(svc, Input::ProbeNotYet(error)),
                     Err(error) => shared.apply(svc, Input::ProbeFailed(error)),
                 };
+                let every = if in_start_period {
+                    START_PERIOD_INTERVAL.min(health.interval)
+                } else {
+                    health.interval
+                };
+                next_probe = tokio::time::Instant::now() + every.max(Duration::from_millis(10));
             }
             command = commands.recv() => match command {
                 None => {

@@ -155,7 +155,14 @@ pub struct HealthCheck {
     pub timeout: Duration,
     /// Failed probes in a row before the service is reported unhealthy.
     pub failure_threshold: u32,
+    /// After each start, failures do not count until the first success or until this
+    /// much time has passed, and the probe runs every [`START_PERIOD_INTERVAL`] (at
+    /// most `interval`): a service that needs a moment to come up is neither reported
+    /// unhealthy for it nor made to wait a whole interval to become healthy.
+    pub start_period: Duration,
 }
+
+pub const START_PERIOD_INTERVAL: Duration = Duration::from_millis(250);
 
 impl HealthCheck {
     pub fn running() -> Self {
@@ -164,15 +171,18 @@ impl HealthCheck {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
             failure_threshold: 1,
+            start_period: Duration::ZERO,
         }
     }
 
+    /// A probe with a 30 s start period.
     pub fn probe(probe: ProbeFn, interval: Duration, timeout: Duration, threshold: u32) -> Self {
         Self {
             kind: HealthKind::Probe(probe),
             interval,
             timeout,
             failure_threshold: threshold,
+            start_period: Duration::from_secs(30),
         }
     }
 }

@@ -372,6 +372,8 @@ async fn dependencies_start_first_and_stop_last() {
         Duration::from_secs(1),
         1,
     );
+    // Counted at once: the test wants `unhealthy` while base is not ready.
+    base.health.start_period = Duration::ZERO;
     let mut top = sh("top", "exec sleep 600");
     top.depends_on = vec![name("base")];
     h.sup.register(top).unwrap();
@@ -424,6 +426,42 @@ async fn dependencies_start_first_and_stop_last() {
             .any(|l| l.contains("main process ended (task returned)")),
         "{log:?}"
     );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn the_start_period_probes_fast_and_does_not_count_failures() {
+    let h = Harness::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut svc = idle_task("slowstart");
+    // A long interval: only the start period's fast probing can make it healthy quickly.
+    svc.health = HealthCheck::probe(
+        flag_probe(ready.clone()),
+        Duration::from_secs(3600),
+        Duration::from_secs(1),
+        1,
+    );
+    h.sup.register(svc).unwrap();
+    h.sup.start("slowstart").unwrap();
+    h.sup
+        .wait_for("slowstart", &[State::Running], T)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let status = h.sup.status("slowstart").unwrap();
+    assert_eq!(
+        status.state,
+        State::Running,
+        "failures in the start period do not count"
+    );
+    assert_eq!(status.message, "not ready yet: not ready yet");
+    ready.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    h.sup
+        .wait_for("slowstart", &[State::Healthy], Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
     h.finish().await;
 }
 
