@@ -1,5 +1,6 @@
 //! Fetching `basalt.config=` over http(s), retrying with back-off inside a bounded time.
 
+use crate::log::warning;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -221,8 +222,8 @@ pub async fn fetch(
                 last: Box::new(err),
             });
         }
-        eprintln!(
-            "machined: config: attempt {attempts} failed ({err}); retrying in {}ms",
+        warning!(
+            "config: attempt {attempts} failed ({err}); retrying in {}ms",
             wait.as_millis()
         );
         tokio::time::sleep(wait).await;

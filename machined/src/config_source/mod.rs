@@ -15,6 +15,7 @@
 
 #![allow(dead_code, unused_imports)] // until the sequencer (engineer D) calls in
 
+use crate::log::{info, warning};
 pub mod cmdline;
 pub mod drive;
 pub mod http;
@@ -178,7 +179,7 @@ async fn probe_cmdline(env: &Environment) -> Probe {
         Ok(None) => Probe::Absent("no basalt.config= parameter".into()),
         Err(e) => Probe::Failed(e.to_string()),
         Ok(Some(url)) => {
-            eprintln!("machined: config: fetching {url}");
+            info!("config: fetching {url}");
             match http::fetch(&url, &env.retry, &env.ca_bundle).await {
                 Ok(bytes) => Probe::Found {
                     origin: url.to_string(),
@@ -217,8 +218,8 @@ fn probe_drive(env: &Environment) -> Probe {
         return Probe::Absent("no block device labelled cidata or config-2".into());
     };
     if drives.len() > 1 {
-        eprintln!(
-            "machined: config: {} config drives; using {}",
+        info!(
+            "config: {} config drives; using {}",
             drives.len(),
             d.device.display()
         );
@@ -267,8 +268,8 @@ pub fn keep_on_state(acquired: &Acquired, store: &StateStore) -> Result<bool, Pe
         return Ok(false);
     }
     store.persist(&acquired.bytes)?;
-    eprintln!(
-        "machined: config: stored the config from {} on STATE",
+    info!(
+        "config: stored the config from {} on STATE",
         acquired.source
     );
     Ok(true)
@@ -286,20 +287,20 @@ pub async fn acquire(env: &Environment) -> Result<Option<Acquired>, AcquireError
             SourceKind::State => probe_state(env),
         };
         if let Probe::Absent(reason) = &probe {
-            eprintln!("machined: config: {source}: {reason}");
+            info!("config: {source}: {reason}");
         }
         match decide(source, probe, env.platform) {
             Step::Next => {}
             Step::Take(acquired) => {
-                eprintln!("machined: config from {source} ({})", acquired.origin);
+                info!("config from {source} ({})", acquired.origin);
                 return Ok(Some(*acquired));
             }
             Step::Stop(e) => {
-                eprintln!("machined: config: {e}");
+                warning!("config: {e}");
                 return Err(e);
             }
         }
     }
-    eprintln!("machined: config: no source has a config; entering maintenance mode");
+    info!("config: no source has a config; entering maintenance mode");
     Ok(None)
 }

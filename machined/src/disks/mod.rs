@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // until the sequencer (engineer D) calls in
 
+use crate::log::{info, warning};
 pub mod device;
 pub mod gpt;
 pub mod label;
@@ -254,8 +255,8 @@ pub fn prepare_disk(device: &Path, paths: &Paths) -> Result<Option<DiskOutcome>,
         disk.write_all_at(&table.serialize(disk.total_sectors))?;
         disk.reread()?;
         created = create.iter().map(|c| c.label).collect();
-        eprintln!(
-            "machined: disks: created {} on {}",
+        info!(
+            "disks: created {} on {}",
             created.join(" and "),
             device.display()
         );
@@ -302,10 +303,7 @@ pub fn prepare_disk(device: &Path, paths: &Paths) -> Result<Option<DiskOutcome>,
         match decision {
             FormatDecision::Mount => {}
             FormatDecision::Format => {
-                eprintln!(
-                    "machined: disks: formatting {} as ext4 {label}",
-                    part.display()
-                );
+                info!("disks: formatting {} as ext4 {label}", part.display());
                 mkfs(&part, label)?;
             }
             FormatDecision::Refuse { found } => {
@@ -319,8 +317,8 @@ pub fn prepare_disk(device: &Path, paths: &Paths) -> Result<Option<DiskOutcome>,
         if mounted_here(target).is_none() {
             mount(&part, target, "ext4", flags)?;
         }
-        eprintln!(
-            "machined: disks: {label} {} mounted at {}",
+        info!(
+            "disks: {label} {} mounted at {}",
             part.display(),
             target.display()
         );
@@ -388,8 +386,8 @@ fn disk_where(paths: &Paths, pred: impl Fn(&Gpt) -> bool) -> Option<PathBuf> {
         });
     let first = hits.next()?;
     if let Some(second) = hits.next() {
-        eprintln!(
-            "machined: disks: both {} and {} qualify; set machine.install.disk to choose",
+        warning!(
+            "disks: both {} and {} qualify; set machine.install.disk to choose",
             first.display(),
             second.display()
         );
@@ -403,7 +401,7 @@ fn disk_where(paths: &Paths, pred: impl Fn(&Gpt) -> bool) -> Option<PathBuf> {
 /// creates or formats anything. Returns the STATE device when mounted.
 pub fn mount_existing_state(paths: &Paths) -> Result<Option<PathBuf>, DiskError> {
     let Some(device) = boot_disk(paths).or_else(|| disk_with_state(paths)) else {
-        eprintln!("machined: disks: no disk with a STATE partition yet");
+        info!("disks: no disk with a STATE partition yet");
         return Ok(None);
     };
     let mut disk = Disk::open(&device, false)?;
@@ -411,8 +409,8 @@ pub fn mount_existing_state(paths: &Paths) -> Result<Option<PathBuf>, DiskError>
     let Some((table, number)) =
         table.and_then(|t| t.by_name(STATE_LABEL).map(|p| p.number).map(|n| (t, n)))
     else {
-        eprintln!(
-            "machined: disks: boot disk {} has no STATE partition yet (first boot)",
+        info!(
+            "disks: boot disk {} has no STATE partition yet (first boot)",
             device.display()
         );
         return Ok(None);
@@ -433,8 +431,8 @@ pub fn mount_existing_state(paths: &Paths) -> Result<Option<PathBuf>, DiskError>
         source,
     })?;
     if plan::format_decision(&label::probe(&head), STATE_LABEL) != FormatDecision::Mount {
-        eprintln!(
-            "machined: disks: {} is not formatted yet; the disks phase will do it",
+        info!(
+            "disks: {} is not formatted yet; the disks phase will do it",
             part.display()
         );
         return Ok(None);
@@ -442,8 +440,8 @@ pub fn mount_existing_state(paths: &Paths) -> Result<Option<PathBuf>, DiskError>
     if mounted_here(&paths.state_mount).is_none() {
         mount(&part, &paths.state_mount, "ext4", state_flags())?;
     }
-    eprintln!(
-        "machined: disks: STATE {} mounted at {}",
+    info!(
+        "disks: STATE {} mounted at {}",
         part.display(),
         paths.state_mount.display()
     );
@@ -473,7 +471,7 @@ pub fn prepare(install_disk: Option<&Path>, paths: &Paths) -> Result<DiskOutcome
         },
     };
     if let DiskOutcome::Tmpfs { reason } = &outcome {
-        eprintln!("machined: disks: {reason}; STATE and /var are tmpfs, nothing survives a reboot");
+        warning!("disks: {reason}; STATE and /var are tmpfs, nothing survives a reboot");
         for target in [&paths.state_mount, &paths.ephemeral_mount] {
             if mounted_here(target).is_none() {
                 mount(
@@ -497,7 +495,7 @@ pub fn unmount_all() -> Result<(), DiskError> {
     let mut failed = Vec::new();
     while let Some((target, what)) = mounts.pop() {
         match nix::mount::umount2(&target, MntFlags::empty()) {
-            Ok(()) => eprintln!("machined: disks: unmounted {}", target.display()),
+            Ok(()) => info!("disks: unmounted {}", target.display()),
             Err(e) => {
                 let ro = nix::mount::mount(
                     None::<&str>,
