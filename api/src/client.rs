@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -455,7 +455,18 @@ impl Client {
             .await
     }
 
+    /// A file's contents, read whole (see [`Client::read_file_stream`] for large files).
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let mut stream = self.read_file_stream(path).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next_chunk().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    /// A file's contents as the node sends them, chunk by chunk.
+    pub async fn read_file_stream(&self, path: &str) -> Result<ByteStream, ClientError> {
         let response = self
             .send(
                 hyper::Method::GET,
@@ -463,16 +474,37 @@ impl Client {
                 None,
             )
             .await?;
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|source| ClientError::Http {
-                endpoint: self.endpoint.clone(),
-                source,
-            })?
-            .to_bytes();
-        Ok(bytes.to_vec())
+        Ok(ByteStream {
+            endpoint: self.endpoint.clone(),
+            body: response.into_body(),
+        })
+    }
+}
+
+/// A raw response body read chunk by chunk.
+pub struct ByteStream {
+    endpoint: String,
+    body: Incoming,
+}
+
+impl ByteStream {
+    /// The next chunk; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ClientError>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some(Ok(data));
+                    }
+                }
+                Err(source) => {
+                    return Some(Err(ClientError::Http {
+                        endpoint: self.endpoint.clone(),
+                        source,
+                    }));
+                }
+            }
+        }
     }
 }
 
@@ -690,11 +722,6 @@ impl ServerCertVerifier for MaintenanceVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
-}
-
-/// True for HTTP statuses the server uses for "refused by role".
-pub fn is_forbidden(status: StatusCode) -> bool {
-    status == StatusCode::FORBIDDEN
 }
 
 #[cfg(test)]

@@ -34,6 +34,23 @@ impl fmt::Display for Fingerprint {
     }
 }
 
+/// The console line machined prints when it enters maintenance mode, e.g.
+/// `machined: maintenance mode: API listening on :50000, certificate fingerprint SHA256:AB:…`.
+pub fn maintenance_banner(port: u16, fingerprint: &Fingerprint) -> String {
+    format!("{MAINTENANCE_BANNER} :{port}, certificate fingerprint {fingerprint}")
+}
+
+/// The fixed start of [`maintenance_banner`], to wait for on a console.
+pub const MAINTENANCE_BANNER: &str = "machined: maintenance mode: API listening on";
+
+/// Finds the maintenance banner in a console line (kernel or serial prefixes before it are
+/// fine) and returns the fingerprint it announces.
+pub fn fingerprint_from_banner(line: &str) -> Option<Fingerprint> {
+    let rest = &line[line.find(MAINTENANCE_BANNER)?..];
+    let (_, fp) = rest.split_once("certificate fingerprint ")?;
+    fp.split_whitespace().next()?.parse().ok()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{value:?} is not a SHA-256 certificate fingerprint: {reason} \
@@ -91,6 +108,15 @@ mod tests {
             format!("sha256:{plain}").parse::<Fingerprint>().unwrap(),
             fp
         );
+    }
+
+    #[test]
+    fn the_banner_carries_the_fingerprint_to_a_console_reader() {
+        let fp = Fingerprint::of_der(b"maintenance");
+        let line = format!("[    5.123] {}\r", maintenance_banner(50000, &fp));
+        assert!(line.contains("API listening on :50000, certificate fingerprint SHA256:"));
+        assert_eq!(fingerprint_from_banner(&line), Some(fp));
+        assert_eq!(fingerprint_from_banner("machined: booting"), None);
     }
 
     #[test]

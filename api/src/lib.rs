@@ -8,7 +8,9 @@ pub mod fingerprint;
 pub mod openapi;
 pub mod types;
 
-pub use client::{Client, ClientError, ClientTls, DEFAULT_PORT, NdjsonStream};
+pub use client::{ByteStream, Client, ClientError, ClientTls, DEFAULT_PORT, NdjsonStream};
 pub use endpoints::{ENDPOINTS, Endpoint, EndpointSpec, Method, Role, RouteMatch, route};
-pub use fingerprint::{Fingerprint, FingerprintError};
+pub use fingerprint::{
+    Fingerprint, FingerprintError, MAINTENANCE_BANNER, fingerprint_from_banner, maintenance_banner,
+};
 pub use types::*;

@@ -103,6 +103,12 @@ impl Server {
 
 async fn serve(mode: ApiMode) -> Server {
     let files = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(files.path().join("var/log")).unwrap();
+    std::fs::write(
+        files.path().join("var/log/machined.log"),
+        "booted\nserving\n",
+    )
+    .unwrap();
     let (sink, rx) = config_channel();
     let (log_tx, _) = broadcast::channel(16);
     let node = Arc::new(Node { log_tx });
@@ -411,6 +417,31 @@ async fn unreachable_or_missing_nodes_are_errors_with_the_right_exit_code() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("api_version: v1"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn ls_and_read_give_admins_files_under_var() {
+    let cluster = Cluster::new();
+    let server = cluster.configured().await;
+    let admin = cluster.basaltconfig(&server, Role::Admin);
+    let out = run(&["--basaltconfig", s(&admin), "ls", "/var/log", "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let entries: Vec<basalt_api::FileEntry> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].path, "/var/log/machined.log");
+    assert_eq!(entries[0].size, 15);
+
+    let out = run(&["--basaltconfig", s(&admin), "read", "/var/log/machined.log"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, b"booted\nserving\n");
+
+    let out = run(&["--basaltconfig", s(&admin), "read", "/var/../etc/shadow"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("traversal"),
         "{}",
         text(&out)
     );

@@ -627,8 +627,11 @@ async fn run_async(
         NodeCommand::Read(args) => {
             let mut stdout = std::io::stdout().lock();
             for c in &clients {
-                let bytes = c.read_file(&args.path).await.map_err(classify)?;
-                stdout.write_all(&bytes).context("writing to stdout")?;
+                let mut stream = c.read_file_stream(&args.path).await.map_err(classify)?;
+                while let Some(chunk) = stream.next_chunk().await {
+                    let chunk = chunk.map_err(classify)?;
+                    stdout.write_all(&chunk).context("writing to stdout")?;
+                }
             }
             Ok(())
         }

@@ -61,6 +61,11 @@ pub const API_PORT: u16 = 50000;
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// A client that does not finish its TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that does not send a request's headers in this time is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait in the listen backlog. Each costs a TLS session
+/// and buffers, and machined's memory budget is small.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Everything that can keep the API from starting.
 #[derive(Debug, thiserror::Error)]
@@ -175,11 +180,8 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
-    if let Some(fp) = fingerprint {
-        eprintln!(
-            "machined: maintenance mode: API listening on :{}, certificate fingerprint {fp}",
-            local_addr.port()
-        );
+    if let Some(fp) = &fingerprint {
+        eprintln!("{}", basalt_api::maintenance_banner(local_addr.port(), fp));
     }
     let shared = Arc::new(Shared {
         node,
@@ -199,7 +201,11 @@ pub async fn start(
 }
 
 async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let tcp = match listener.accept().await {
             Ok((tcp, _peer)) => tcp,
             Err(e) => {
@@ -212,6 +218,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             // A failed handshake (no or foreign client certificate) is the client's answer;
             // rustls has already sent the alert.
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
@@ -235,6 +242,8 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
                 async move { Ok::<_, Infallible>(handle(&shared, &caller, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
         });
