@@ -263,12 +263,24 @@ pub enum LoadError {
     Plan { dir: PathBuf, source: PlanError },
     #[error("parameters of {module} contain a NUL byte")]
     BadParams { module: ModuleName },
-    #[error("loading kernel module {module} from {path}: {source}")]
+    #[error("loading kernel module {module} from {path}: {source}{}", load_hint(*source))]
     Load {
         module: ModuleName,
         path: PathBuf,
         source: nix::Error,
     },
+}
+
+/// finit_module's ENOENT does not mean the file is missing (it was open): the module's
+/// init asked for another module that is not loaded — usually a soft dependency.
+fn load_hint(e: nix::Error) -> &'static str {
+    if e == nix::Error::ENOENT {
+        " (the module requested another module at init that is not loaded, typically a \
+         soft dependency such as crc32c_generic for libcrc32c: modules.dep must list it \
+         as a dependency or modules.basalt before it)"
+    } else {
+        ""
+    }
 }
 
 /// What [`load`] did, for the log.
@@ -508,6 +520,25 @@ kernel/net/llc/llc.ko:
                 optional: true,
                 params: vec!["napi_tx=1".into()]
             }]
+        );
+    }
+
+    #[test]
+    fn enoent_from_finit_module_explains_soft_dependencies() {
+        let e = LoadError::Load {
+            module: ModuleName::new("libcrc32c"),
+            path: PathBuf::from("/lib/modules/k/kernel/lib/libcrc32c.ko"),
+            source: nix::Error::ENOENT,
+        };
+        assert!(e.to_string().contains("soft dependency"), "{e}");
+        let e = LoadError::Load {
+            module: ModuleName::new("x"),
+            path: PathBuf::from("x.ko"),
+            source: nix::Error::EINVAL,
+        };
+        assert_eq!(
+            e.to_string(),
+            "loading kernel module x from x.ko: EINVAL: Invalid argument"
         );
     }
 

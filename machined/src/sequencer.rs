@@ -136,8 +136,19 @@ pub async fn run(phases: &[Phase], cx: &Context) -> Result<(), SequencerError> {
             Outcome::NotImplemented => info!("phase {}: not yet implemented", phase.name),
         }
     }
-    info!("boot sequence finished ({} ms)", boot.elapsed().as_millis());
+    info!(
+        "boot sequence finished ({} ms, machined RSS {})",
+        boot.elapsed().as_millis(),
+        rss_kib().map_or_else(|| "unknown".to_owned(), |k| format!("{k} KiB"))
+    );
     Ok(())
+}
+
+/// Resident set size from /proc/self/status (budget: 16 MiB after boot).
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn not_pid1() -> Outcome {
@@ -325,6 +336,11 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rss_is_readable() {
+        assert!(rss_kib().is_some_and(|k| k > 0));
     }
 
     #[test]
