@@ -661,6 +661,7 @@ impl Client {
             routers: lease.routers.clone(),
             dns: lease.dns.clone(),
             hostname: lease.hostname.clone(),
+            domain: lease.domain.clone(),
             mtu: lease.mtu,
             lease_secs: u32::try_from(lease.lease_time.as_secs()).unwrap_or(u32::MAX),
             acquired_at: SystemTime::now(),

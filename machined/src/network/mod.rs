@@ -209,9 +209,21 @@ impl Shared {
             .plan
             .node_ip
             .or_else(|| leases.first().map(|l| l.address.addr()));
+        // Search domains follow the resolvers' source: DHCP's only when DHCP's servers are used.
+        let search: Vec<String> = if self.plan.nameservers.is_empty() {
+            let mut v: Vec<String> = Vec::new();
+            for d in leases.iter().filter_map(|l| l.domain.clone()) {
+                if !v.contains(&d) {
+                    v.push(d);
+                }
+            }
+            v
+        } else {
+            Vec::new()
+        };
         files::write_atomic(
             &self.options.etc_dir.join("resolv.conf"),
-            &files::render_resolv_conf(&resolvers, &[]),
+            &files::render_resolv_conf(&resolvers, &search),
         )?;
         files::write_atomic(
             &self.options.etc_dir.join("hosts"),
@@ -227,6 +239,7 @@ impl Shared {
         }
         self.writer.update(|s| {
             s.resolvers = resolvers;
+            s.search = search;
             s.hostname = hostname;
         });
         Ok(())

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, CacheInfo};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope, CacheInfo};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -270,8 +270,10 @@ fn link_status(msg: &LinkMessage) -> LinkStatus {
     let mut mac = None;
     let mut mtu = 0;
     let mut kind = None;
+    let mut oper_state = String::from("unknown");
     for attr in &msg.attributes {
         match attr {
+            LinkAttribute::OperState(s) => oper_state = format!("{s:?}").to_lowercase(),
             LinkAttribute::IfName(n) => name = n.clone(),
             LinkAttribute::Address(a) => mac = Mac::from_bytes(a),
             LinkAttribute::Mtu(m) => mtu = *m,
@@ -295,6 +297,7 @@ fn link_status(msg: &LinkMessage) -> LinkStatus {
         lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
         loopback,
         kind,
+        oper_state,
     }
 }
 
@@ -326,6 +329,15 @@ fn address_status(msg: &AddressMessage) -> Option<AddressStatus> {
         link_index: msg.header.index,
         address,
         valid_lifetime_secs: valid,
+        scope: match msg.header.scope {
+            AddressScope::Universe => "global".into(),
+            AddressScope::Site => "site".into(),
+            AddressScope::Link => "link".into(),
+            AddressScope::Host => "host".into(),
+            AddressScope::Nowhere => "nowhere".into(),
+            AddressScope::Other(n) => n.to_string(),
+            other => format!("{other:?}").to_lowercase(),
+        },
     })
 }
 
@@ -370,5 +382,6 @@ fn route_status(msg: &RouteMessage) -> Option<RouteStatus> {
             RouteProtocol::Ra => "ra".into(),
             other => format!("{other:?}").to_lowercase(),
         },
+        table: u32::from(msg.header.table),
     })
 }

@@ -23,6 +23,8 @@ pub struct LinkStatus {
     pub loopback: bool,
     /// rtnetlink's IFLA_INFO_KIND (`veth`, `bridge`, `vlan` …); `None` for NICs and lo.
     pub kind: Option<String>,
+    /// RFC 2863 operational state, lowercase (`up`, `down`, `lowerlayerdown`, `unknown` …).
+    pub oper_state: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -31,6 +33,8 @@ pub struct AddressStatus {
     pub address: IpNet,
     /// Seconds the kernel keeps the address; `None` means forever (static).
     pub valid_lifetime_secs: Option<u64>,
+    /// `global`, `link`, `host` …
+    pub scope: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -41,6 +45,8 @@ pub struct RouteStatus {
     pub metric: u32,
     /// Who installed it: `kernel`, `static`, `dhcp`, `boot` …
     pub protocol: String,
+    /// Routing table; only the main table (254) is reported.
+    pub table: u32,
 }
 
 /// One DHCPv4 lease as the client holds it.
@@ -52,6 +58,8 @@ pub struct LeaseStatus {
     pub routers: Vec<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub hostname: Option<String>,
+    /// Option 15; becomes the resolv.conf search domain.
+    pub domain: Option<String>,
     pub mtu: Option<u16>,
     pub lease_secs: u32,
     pub acquired_at: SystemTime,
@@ -87,6 +95,7 @@ pub struct NetworkSnapshot {
     pub routes: Vec<RouteStatus>,
     /// What /etc/resolv.conf says right now.
     pub resolvers: Vec<IpAddr>,
+    pub search: Vec<String>,
     pub hostname: Option<String>,
     /// Keyed by link name, in link order.
     pub dhcp: Vec<(String, DhcpStatus)>,
@@ -95,6 +104,70 @@ pub struct NetworkSnapshot {
 impl NetworkSnapshot {
     pub fn leases(&self) -> impl Iterator<Item = &LeaseStatus> {
         self.dhcp.iter().filter_map(|(_, s)| s.lease())
+    }
+}
+
+/// Conversions to the node API's wire types, so the API provider is a one-liner per
+/// endpoint and the translation lives next to the facts it translates.
+impl NetworkSnapshot {
+    fn link_name(&self, index: u32) -> Option<String> {
+        self.links
+            .iter()
+            .find(|l| l.index == index)
+            .map(|l| l.name.clone())
+    }
+
+    pub fn api_links(&self) -> Vec<basalt_api::Link> {
+        self.links
+            .iter()
+            .map(|l| basalt_api::Link {
+                name: l.name.clone(),
+                index: l.index,
+                kind: match (&l.kind, l.loopback, l.mac) {
+                    (_, true, _) => "loopback".into(),
+                    (Some(k), _, _) => k.clone(),
+                    (None, _, Some(_)) => "ether".into(),
+                    (None, _, None) => "none".into(),
+                },
+                mac: l.mac.map(|m| m.to_string()),
+                mtu: l.mtu,
+                up: l.up,
+                oper_state: l.oper_state.clone(),
+            })
+            .collect()
+    }
+
+    pub fn api_addresses(&self) -> Vec<basalt_api::Address> {
+        self.addresses
+            .iter()
+            .map(|a| basalt_api::Address {
+                link: self
+                    .link_name(a.link_index)
+                    .unwrap_or_else(|| format!("#{}", a.link_index)),
+                address: a.address.to_string(),
+                scope: a.scope.clone(),
+            })
+            .collect()
+    }
+
+    pub fn api_routes(&self) -> Vec<basalt_api::Route> {
+        self.routes
+            .iter()
+            .map(|r| basalt_api::Route {
+                destination: r.destination.to_string(),
+                gateway: r.gateway,
+                link: r.link_index.and_then(|i| self.link_name(i)),
+                metric: Some(r.metric),
+                table: r.table,
+            })
+            .collect()
+    }
+
+    pub fn api_resolvers(&self) -> basalt_api::Resolvers {
+        basalt_api::Resolvers {
+            nameservers: self.resolvers.clone(),
+            search: self.search.clone(),
+        }
     }
 }
 

@@ -337,6 +337,8 @@ impl Drop for Dnsmasq {
     }
 }
 
+const CLIENT_MAC: &str = "52:54:00:aa:bb:cc";
+
 fn dhcp_pair(tag: &str) -> (Netns, Netns) {
     let server = Netns::new(&format!("{tag}-srv"));
     let client = Netns::new(&format!("{tag}-cli"));
@@ -352,6 +354,7 @@ fn dhcp_pair(tag: &str) -> (Netns, Netns) {
         "netns",
         &server.name,
     ]);
+    client.ip(&["link", "set", "dc0", "address", CLIENT_MAC]);
     server.ip(&["addr", "add", "10.99.0.1/24", "dev", "ds0"]);
     server.ip(&["link", "set", "ds0", "up"]);
     server.ip(&["link", "set", "lo", "up"]);
@@ -386,6 +389,8 @@ fn dhcp_client_gets_a_lease_from_dnsmasq_and_installs_it() {
             "--dhcp-option=option:router,10.99.0.1",
             "--dhcp-option=option:dns-server,10.99.0.53",
             "--dhcp-option=option:mtu,1420",
+            "--dhcp-option=option:domain-name,lab.test",
+            "--dhcp-host=52:54:00:aa:bb:cc,worker-7",
         ],
     );
     let etc = tempfile::tempdir().unwrap();
@@ -454,8 +459,15 @@ fn dhcp_client_gets_a_lease_from_dnsmasq_and_installs_it() {
         );
         let resolv = std::fs::read_to_string(etc_path.join("resolv.conf")).unwrap();
         assert!(resolv.contains("nameserver 10.99.0.53\n"), "{resolv}");
+        assert!(resolv.contains("search lab.test\n"), "{resolv}");
+        assert_eq!(snap.api_resolvers().search, vec!["lab.test".to_owned()]);
+        // No hostname in the config: DHCP's is used and maps to the leased address.
+        assert_eq!(snap.hostname.as_deref(), Some("worker-7"));
         let hosts = std::fs::read_to_string(etc_path.join("hosts")).unwrap();
-        assert!(hosts.contains("localhost"), "{hosts}");
+        assert!(
+            hosts.contains(&format!("{}\tworker-7\n", lease.address.addr())),
+            "{hosts}"
+        );
 
         // Shutdown releases the lease and removes the address.
         let state = network.state();
@@ -562,4 +574,17 @@ fn dhcp_without_a_server_times_out_instead_of_blocking_boot() {
             "shutdown must interrupt retries"
         );
     });
+}
+
+/// The sequencer boxes phase futures as `Send`; this stops compiling if configure's
+/// future ever holds something that is not.
+#[test]
+fn configure_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let intent = Intent::Maintenance;
+    let o = Options::default();
+    let fut = configure(&intent, &o);
+    assert_send(&fut);
+    let shutdown_of = |n: Network| n.shutdown();
+    let _ = shutdown_of;
 }
