@@ -9,13 +9,23 @@
 //! the node goes to maintenance mode. It never falls through to a lower source, which
 //! would silently boot an older config than the one the operator handed over.
 //!
-//! Sequencer calls (see docs/disks.md): phase "config" runs [`acquire`] after the
-//! network is up; a config from sources 1–3 is then persisted with
-//! [`persist::persist_config`] once the disks phase has mounted STATE.
+//! Sequencer calls, in boot order (see docs/disks.md):
+//! 1. before the network: `disks::mount_existing_state(&disks::Paths::system())`,
+//!    so the STATE copy is readable;
+//! 2. phase "config", after the network when [`needs_network`] says so:
+//!    `acquire(&Environment::system(platform)).await` — `Ok(Some(a))` boot with
+//!    `a.config`; `Ok(None)` maintenance mode; `Err(e)` maintenance mode showing `e`;
+//! 3. phase "disks": `disks::prepare(disks::install_disk(&a.config), &Paths::system())`
+//!    (or `prepare(None, …)` in maintenance mode), then
+//!    `keep_on_state(&a, &StateStore::system(platform))`;
+//! 4. on every `api::ApplyCommand`: `StateStore::system(platform).store_apply(&cmd.apply)`
+//!    before replying;
+//! 5. shutdown: `disks::unmount_all()`.
 
 #![allow(dead_code, unused_imports)] // until the sequencer (engineer D) calls in
 
 use crate::log::{info, warning};
+
 pub mod cmdline;
 pub mod drive;
 pub mod http;

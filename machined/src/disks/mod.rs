@@ -10,6 +10,7 @@
 #![allow(dead_code)] // until the sequencer (engineer D) calls in
 
 use crate::log::{info, warning};
+
 pub mod device;
 pub mod gpt;
 pub mod label;
@@ -446,6 +447,15 @@ pub fn mount_existing_state(paths: &Paths) -> Result<Option<PathBuf>, DiskError>
         paths.state_mount.display()
     );
     Ok(Some(part))
+}
+
+/// The disk `machine.install.disk` names, the argument [`prepare`] takes.
+pub fn install_disk(config: &basalt_config::MachineConfig) -> Option<&Path> {
+    config
+        .machine
+        .install
+        .as_ref()
+        .map(|i| Path::new(i.disk.as_str()))
 }
 
 /// Phase "disks": picks the node's disk (`install_disk` from `machine.install.disk`,

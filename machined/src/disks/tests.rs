@@ -409,3 +409,13 @@ fn boot_disk_is_found_by_the_loaders_partuuid() {
     );
     unmount_all().unwrap();
 }
+
+#[test]
+fn install_disk_comes_from_the_config() {
+    let valid = include_bytes!("../../tests/data/config-valid-worker.yaml");
+    let c = basalt_config::MachineConfig::parse(valid).unwrap();
+    assert_eq!(install_disk(&c), Some(Path::new("/dev/vda")));
+    let mut c = c;
+    c.machine.install = None;
+    assert_eq!(install_disk(&c), None);
+}
