@@ -177,7 +177,8 @@ pub enum ApplyMode {
     Reboot,
     /// Store for the next boot; change nothing now.
     Staged,
-    /// Apply live and revert by itself unless confirmed within the timeout.
+    /// Apply live, then revert to the previous config when the timeout ends; to keep it,
+    /// apply it again with another mode before then.
     Try,
 }
 
