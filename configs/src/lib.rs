@@ -9,6 +9,8 @@
 //! nodes), with camelCase field names. PEM material is stored as PEM text. See
 //! `docs/configuration.md` for every field.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ignition;
 pub mod model;
 pub mod parse;

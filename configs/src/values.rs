@@ -758,6 +758,13 @@ impl Endpoint {
 impl FromStr for Endpoint {
     type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, ValueError> {
+        // url::Url silently strips surrounding blanks and drops tabs and newlines; the
+        // endpoint is kept as written, so refuse them instead.
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ValueError::Endpoint(
+                "spaces and control characters are not allowed",
+            ));
+        }
         let url = url::Url::parse(s).map_err(|_| {
             ValueError::Endpoint("expected an https:// URL such as https://192.0.2.10:6443")
         })?;
@@ -777,7 +784,10 @@ impl FromStr for Endpoint {
             ));
         }
         // url::Url forgets a port equal to the scheme's default, so look at the text.
-        let authority = s["https://".len()..].trim_end_matches('/');
+        let authority = s
+            .split_once("://")
+            .map_or(s, |(_, rest)| rest)
+            .trim_end_matches('/');
         let port = match url.port() {
             Some(p) => p,
             None if authority.ends_with(":443") => 443,
@@ -1003,8 +1013,12 @@ mod tests {
             "not an endpoint: expected an https:// URL such as https://192.0.2.10:6443"
         );
         assert_eq!(
-            err::<Endpoint>("not a url"),
+            err::<Endpoint>("not-a-url"),
             "not an endpoint: expected an https:// URL such as https://192.0.2.10:6443"
+        );
+        assert_eq!(
+            err::<Endpoint>(" https://192.0.2.10:6443"),
+            "not an endpoint: spaces and control characters are not allowed"
         );
         assert_eq!(
             err::<Endpoint>("https://a:6443/api"),
