@@ -460,10 +460,14 @@ impl Shared {
             message: step.message.clone(),
         };
         drop(st);
-        h.log.push(
-            LogStream::Supervisor,
-            &format!("{} → {}: {}", event.from, event.to, event.message),
-        );
+        let line = format!("{} → {}: {}", event.from, event.to, event.message);
+        // machined's own log (console, kmsg) tells the story of the node's services too.
+        if matches!(event.to, State::Failed | State::Unhealthy) {
+            crate::log::warning!("service {}: {line}", event.service);
+        } else {
+            crate::log::info!("service {}: {line}", event.service);
+        }
+        h.log.push(LogStream::Supervisor, &line);
         {
             let mut ring = lock(&self.event_ring);
             if ring.len() == EVENT_RING {

@@ -310,10 +310,9 @@ fn spawn_process(
         }) {
             Ok(pair) => Some(pair),
             Err(error) => {
-                svc.log.push(
-                    LogStream::Supervisor,
-                    &format!("warning: running without a cgroup: {error}"),
-                );
+                let line = format!("warning: running without a cgroup: {error}");
+                crate::log::warning!("service {name}: {line}");
+                svc.log.push(LogStream::Supervisor, &line);
                 None
             }
         },
@@ -483,6 +482,7 @@ async fn kill_rest(svc: &ServiceHandle, pid: i32, cgroup: Option<&Cgroup>) {
     match cgroup {
         Some(cg) => {
             if let Err(error) = cg.kill_and_remove(CGROUP_EMPTY_WAIT).await {
+                crate::log::warning!("service {}: {error}", svc.spec.name);
                 svc.log
                     .push(LogStream::Supervisor, &format!("warning: {error}"));
             }
@@ -491,6 +491,14 @@ async fn kill_rest(svc: &ServiceHandle, pid: i32, cgroup: Option<&Cgroup>) {
             // SAFETY: kill(2) has no memory-safety preconditions. The group id is the
             // pid of our setsid'd child; ESRCH (group already gone) is fine.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
+            // kill(2) returns before the targets are gone: wait (bounded) until the group
+            // is empty, so a stop really ends the service. Zombies still count as members
+            // until their new parent reaps them, hence the bound.
+            let deadline = tokio::time::Instant::now() + CGROUP_EMPTY_WAIT;
+            // SAFETY: signal 0 only checks for existence.
+            while unsafe { libc::kill(-pid, 0) } == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
 }

@@ -724,3 +724,37 @@ async fn external_reaping_delivers_exits_through_child_exits() {
     reaper.abort();
     std::fs::remove_dir(&cgroup_root).unwrap();
 }
+
+/// Without a usable cgroup (here: a root that is not on cgroup2) the service still runs,
+/// the log says why it has no cgroup, and a stop kills its whole process group.
+#[tokio::test]
+async fn without_cgroups_services_run_and_stop_by_process_group() {
+    let not_cgroup = tempfile::tempdir().unwrap();
+    let sup = Supervisor::new(SupervisorConfig {
+        cgroup_root: Some(not_cgroup.path().to_owned()),
+        log_dir: None,
+        log_limits: LogLimits::default(),
+        reaping: Reaping::Direct,
+    });
+    sup.register(sh("plain", "sleep 600 & echo child=$!; wait"))
+        .unwrap();
+    sup.start("plain").unwrap();
+    sup.wait_for("plain", &[State::Healthy], T).await.unwrap();
+    let line = wait_log(&sup, "plain", "child=").await;
+    let child: i32 = line.trim_start_matches("child=").parse().unwrap();
+    let log: Vec<String> = sup
+        .logs("plain", false)
+        .unwrap()
+        .collect_now()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("warning: running without a cgroup: ")
+                && l.contains("not on a cgroup2 file system")),
+        "{log:?}"
+    );
+    sup.stop("plain").await.unwrap();
+    assert!(!alive(child), "the process group was killed");
+}
