@@ -419,3 +419,56 @@ fn install_disk_comes_from_the_config() {
     c.machine.install = None;
     assert_eq!(install_disk(&c), None);
 }
+
+/// The image builder's real raw disk, `dd`-ed onto a 1 GiB disk. Needs a built image,
+/// so it is opt-in: `BASALT_IMAGE_RAW=out/basalt-0.1.0-amd64.raw cargo test -p machined
+/// -- --ignored image_builder`.
+#[test]
+#[ignore = "needs a built image: set BASALT_IMAGE_RAW to out/basalt-*-amd64.raw"]
+fn image_builder_disk_gets_state_and_ephemeral() {
+    require_root();
+    let raw = std::env::var_os("BASALT_IMAGE_RAW")
+        .map(PathBuf::from)
+        .expect("BASALT_IMAGE_RAW names the image builder's raw disk");
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let n = node();
+    let file = n.tmp.path().join("disk.raw");
+    std::fs::copy(&raw, &file).unwrap();
+    let image_len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(1024 * MIB)
+        .unwrap();
+    let before = sfdisk_json(&file)["partitiontable"]["partitions"][0].clone();
+    let lo = Loop::attach(&file, true);
+    let outcome = prepare_disk(&lo.dev, &n.paths).unwrap().unwrap();
+    assert!(matches!(outcome, DiskOutcome::Disk { ref created, .. } if created.len() == 2));
+    run("sfdisk", &["--verify", lo.dev.to_str().unwrap()]);
+    let t = &sfdisk_json(&lo.dev)["partitiontable"];
+    assert_eq!(t["lastlba"], 1024 * 2048 - 34);
+    let parts = t["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3);
+    // The EFI partition is untouched, byte for byte in its table entry.
+    for k in ["start", "size", "type", "uuid", "name"] {
+        assert_eq!(parts[0][k], before[k], "{k}");
+    }
+    assert_eq!(parts[1]["name"], "STATE");
+    assert_eq!(parts[2]["name"], "EPHEMERAL");
+    assert!(parts[1]["start"].as_u64().unwrap() * 512 >= image_len - MIB);
+    std::fs::write(n.paths.state_mount.join("probe"), b"ok").unwrap();
+    unmount_all().unwrap();
+    // And the ESP content is what the image had.
+    let esp_bytes = before["size"].as_u64().unwrap() * 512;
+    let esp_at = before["start"].as_u64().unwrap() * 512;
+    let read = |p: &Path| {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(p).unwrap();
+        f.seek(SeekFrom::Start(esp_at)).unwrap();
+        let mut b = vec![0u8; esp_bytes as usize];
+        f.read_exact(&mut b).unwrap();
+        b
+    };
+    assert!(read(&raw) == read(&lo.dev), "the ESP was modified");
+}
