@@ -92,6 +92,11 @@ pub enum HarnessError {
     },
     #[error("waiting for the QEMU process: {source}")]
     Wait { source: std::io::Error },
+    #[error("talking to the QEMU monitor at {path}: {source}")]
+    Monitor {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("finding a free TCP port on 127.0.0.1: {source}")]
     FreePort { source: std::io::Error },
     #[error("copying {from} to {to}: {source}")]
@@ -183,6 +188,7 @@ pub struct QemuBuilder {
     no_reboot: bool,
     console_log: Option<PathBuf>,
     accel: Option<Accel>,
+    monitor: bool,
     extra_args: Vec<OsString>,
 }
 
@@ -202,6 +208,7 @@ impl Default for QemuBuilder {
             no_reboot: false,
             console_log: None,
             accel: None,
+            monitor: false,
             extra_args: Vec::new(),
         }
     }
@@ -296,6 +303,12 @@ impl QemuBuilder {
         self.accel = Some(accel);
         self
     }
+    /// Opens QEMU's human monitor on a unix socket next to the console log, for
+    /// [`RunningQemu::monitor_command`] (ctrl-alt-del, powerdown, …).
+    pub fn monitor(mut self) -> Self {
+        self.monitor = true;
+        self
+    }
     /// Extra raw QEMU arguments, appended last.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.extra_args.push(arg.into());
@@ -341,7 +354,14 @@ impl QemuBuilder {
         push("-serial");
         args.push(prefixed("file:", console_log));
         args.push("-monitor".into());
-        args.push("none".into());
+        if self.monitor {
+            args.push(prefixed_with("unix:", &monitor_socket(console_log)));
+            if let Some(a) = args.last_mut() {
+                a.push(",server=on,wait=off");
+            }
+        } else {
+            args.push("none".into());
+        }
         // virtio-rng: without it, early userspace can block on getrandom for minutes under TCG.
         args.push("-device".into());
         args.push("virtio-rng-pci".into());
@@ -461,12 +481,18 @@ impl QemuBuilder {
         })?;
         Ok(RunningQemu {
             child: Some(child),
+            monitor: self.monitor.then(|| monitor_socket(&console_log)),
             console: ConsoleLog::new(console_log),
             hostfwd,
             accel,
             args,
         })
     }
+}
+
+/// The monitor socket of a VM whose console goes to `console_log`.
+fn monitor_socket(console_log: &Path) -> PathBuf {
+    console_log.with_extension("monitor.sock")
 }
 
 fn spawn_in_own_group(cmd: &mut Command) -> std::io::Result<Child> {
@@ -527,9 +553,58 @@ pub struct RunningQemu {
     hostfwd: Vec<HostFwd>,
     accel: Accel,
     args: Vec<OsString>,
+    monitor: Option<PathBuf>,
 }
 
 impl RunningQemu {
+    /// Sends one human-monitor command (e.g. `sendkey ctrl-alt-delete`,
+    /// `system_powerdown`) and returns what QEMU answered. Needs [`QemuBuilder::monitor`].
+    pub fn monitor_command(&self, command: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        let path = self.monitor.clone().ok_or(HarnessError::Incomplete {
+            what: "monitor (call .monitor() on the builder)",
+        })?;
+        let io = |source| HarnessError::Monitor {
+            path: path.clone(),
+            source,
+        };
+        // QEMU creates the socket a moment after it starts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut stream = loop {
+            match UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => return Err(io(e)),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .map_err(io)?;
+        stream
+            .write_all(format!("{command}\n").as_bytes())
+            .map_err(io)?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The monitor never closes the connection; read until it goes quiet.
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    }
+
     /// Waits until a console line contains `pattern` and returns that line. Fails early
     /// if QEMU exits; on timeout the error carries the last 40 console lines.
     pub fn wait_for_console(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
@@ -659,6 +734,33 @@ mod tests {
         assert!(joined.contains("-no-reboot"), "{joined}");
         let append = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[append + 1], "console=ttyS0 basalt.debug");
+    }
+
+    #[test]
+    fn monitor_goes_to_a_socket_next_to_the_log() {
+        let b = Qemu::builder().kernel("k").monitor();
+        let args = strs(&b.args(Accel::Tcg, &[], Path::new("/t/console.log")));
+        let at = args.iter().position(|a| a == "-monitor").unwrap();
+        assert_eq!(
+            args[at + 1],
+            "unix:/t/console.monitor.sock,server=on,wait=off"
+        );
+    }
+
+    /// A real QEMU (no guest needed) answers a monitor command.
+    #[test]
+    fn monitor_command_reaches_a_real_qemu() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = Qemu::builder()
+            .arg("-S")
+            .netdev_user(vec![])
+            .monitor()
+            .console_log(dir.path().join("console.log"))
+            .accel(Accel::Tcg)
+            .spawn()
+            .unwrap();
+        let answer = vm.monitor_command("info status").unwrap();
+        assert!(answer.contains("VM status: paused"), "{answer:?}");
     }
 
     #[test]
