@@ -237,6 +237,28 @@ pub fn service_spec(
     spec
 }
 
+/// Where Debian's containerd package (an image input) puts the binary.
+pub const BINARY: &str = "/usr/bin/containerd";
+
+/// The node's containerd: writes /etc/containerd/config.toml and certs.d from `config`,
+/// and registers the service (not started).
+pub fn register_for_node(
+    supervisor: &super::Supervisor,
+    config: &MachineConfig,
+) -> Result<(), ServiceError> {
+    let settings = ContainerdSettings::from_config(config);
+    write_files(
+        Path::new(CONFIG_FILE),
+        &settings,
+        &mirrors_from_config(config),
+    )?;
+    supervisor.register(service_spec(
+        Path::new(BINARY),
+        Path::new(CONFIG_FILE),
+        &settings,
+    ))
+}
+
 /// A TOML basic string.
 fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);

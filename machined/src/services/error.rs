@@ -19,6 +19,9 @@ pub enum ServiceError {
     #[error("services depend on each other in a cycle: {}", cycle.join(" → "))]
     DependencyCycle { cycle: Vec<String> },
 
+    #[error("service {service} cannot be registered outside a tokio runtime")]
+    NoRuntime { service: String },
+
     #[error("service {service} is gone: its supervisor task ended")]
     RunnerGone { service: String },
 

@@ -60,7 +60,8 @@ pub struct SupervisorConfig {
 
 impl SupervisorConfig {
     /// The node layout: /sys/fs/cgroup/basalt/<service>, /var/log/<service>.log.
-    /// `exits` is fed by machined's PID-1 reaper.
+    /// `exits` is fed by machined's PID-1 reaper; when machined does not run as PID 1
+    /// (and so runs no reaper), set `reaping` to [`Reaping::Direct`] instead.
     pub fn node(exits: Arc<ChildExits>) -> Self {
         Self {
             cgroup_root: Some(PathBuf::from("/sys/fs/cgroup/basalt")),
@@ -174,6 +175,10 @@ impl Supervisor {
     /// when something is started.
     pub fn register(&self, spec: ServiceSpec) -> Result<(), ServiceError> {
         let name = spec.name.as_str().to_owned();
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ServiceError::NoRuntime {
+                service: name.clone(),
+            })?;
         let mut services = lock(&self.shared.services);
         if services.contains_key(&name) {
             return Err(ServiceError::AlreadyRegistered { service: name });
@@ -199,7 +204,7 @@ impl Supervisor {
         });
         services.insert(name, handle.clone());
         drop(services);
-        tokio::spawn(runner::run(self.shared.clone(), handle, rx));
+        runtime.spawn(runner::run(self.shared.clone(), handle, rx));
         Ok(())
     }
 

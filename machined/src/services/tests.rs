@@ -758,3 +758,17 @@ async fn without_cgroups_services_run_and_stop_by_process_group() {
     sup.stop("plain").await.unwrap();
     assert!(!alive(child), "the process group was killed");
 }
+
+#[test]
+fn registering_outside_a_runtime_is_an_error_not_a_panic() {
+    let sup = Supervisor::new(SupervisorConfig {
+        cgroup_root: None,
+        log_dir: None,
+        log_limits: LogLimits::default(),
+        reaping: Reaping::Direct,
+    });
+    assert_eq!(
+        sup.register(sh("early", "exit 0")).unwrap_err().to_string(),
+        "service early cannot be registered outside a tokio runtime"
+    );
+}
