@@ -10,17 +10,35 @@ use crate::debversion::{DebVersion, VersionError};
 #[derive(Debug, thiserror::Error)]
 pub enum AptError {
     #[error("reading apt lists directory {path}: {source}")]
-    ListDir { path: PathBuf, source: std::io::Error },
+    ListDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no *_Packages index in {path}: run `apt-get update` first")]
     NoIndex { path: PathBuf },
     #[error("reading package index {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("package index {path}, stanza of {package:?}: field {field} is missing")]
-    MissingField { path: PathBuf, package: String, field: &'static str },
+    MissingField {
+        path: PathBuf,
+        package: String,
+        field: &'static str,
+    },
     #[error("package index {path}, package {package:?}: {source}")]
-    Version { path: PathBuf, package: String, source: VersionError },
+    Version {
+        path: PathBuf,
+        package: String,
+        source: VersionError,
+    },
     #[error("package index {path}, package {package:?}: relation {relation:?} cannot be parsed")]
-    Relation { path: PathBuf, package: String, relation: String },
+    Relation {
+        path: PathBuf,
+        package: String,
+        relation: String,
+    },
 }
 
 /// Version operator of a relation (`<<`, `<=`, `=`, `>=`, `>>`).
@@ -56,7 +74,9 @@ pub struct Atom {
 
 impl Atom {
     pub fn admits(&self, version: &DebVersion) -> bool {
-        self.constraint.as_ref().is_none_or(|(op, v)| op.admits(version, v))
+        self.constraint
+            .as_ref()
+            .is_none_or(|(op, v)| op.admits(version, v))
     }
 }
 
@@ -103,18 +123,26 @@ pub struct Index {
 
 impl Index {
     pub fn load_dir(dir: &Path, arch: &str) -> Result<Self, AptError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| AptError::ListDir { path: dir.to_owned(), source })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| AptError::ListDir {
+            path: dir.to_owned(),
+            source,
+        })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                let base = name.trim_end_matches(".lz4").trim_end_matches(".xz").trim_end_matches(".gz");
+                let base = name
+                    .trim_end_matches(".lz4")
+                    .trim_end_matches(".xz")
+                    .trim_end_matches(".gz");
                 base.ends_with(&format!("binary-{arch}_Packages"))
             })
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(AptError::NoIndex { path: dir.to_owned() });
+            return Err(AptError::NoIndex {
+                path: dir.to_owned(),
+            });
         }
         let mut index = Index::default();
         for file in files {
@@ -131,23 +159,31 @@ impl Index {
     pub fn add_text(&mut self, path: &Path, text: &str, arch: &str) -> Result<(), AptError> {
         for stanza in text.split("\n\n") {
             let fields = parse_stanza(stanza);
-            let Some(name) = fields.get("Package") else { continue };
+            let Some(name) = fields.get("Package") else {
+                continue;
+            };
             let field = |f: &'static str| {
-                fields.get(f).cloned().ok_or_else(|| AptError::MissingField {
-                    path: path.to_owned(),
-                    package: name.clone(),
-                    field: f,
-                })
+                fields
+                    .get(f)
+                    .cloned()
+                    .ok_or_else(|| AptError::MissingField {
+                        path: path.to_owned(),
+                        package: name.clone(),
+                        field: f,
+                    })
             };
             let architecture = field("Architecture")?;
             if architecture != arch && architecture != "all" {
                 continue;
             }
-            let version: DebVersion = field("Version")?.parse().map_err(|source| AptError::Version {
-                path: path.to_owned(),
-                package: name.clone(),
-                source,
-            })?;
+            let version: DebVersion =
+                field("Version")?
+                    .parse()
+                    .map_err(|source| AptError::Version {
+                        path: path.to_owned(),
+                        package: name.clone(),
+                        source,
+                    })?;
             let rel = |f: &str| -> Result<Vec<Alternatives>, AptError> {
                 match fields.get(f) {
                     None => Ok(Vec::new()),
@@ -162,7 +198,10 @@ impl Index {
             depends.extend(rel("Depends")?);
             let provides: Vec<Atom> = rel("Provides")?.into_iter().flatten().collect();
             for p in &provides {
-                self.providers.entry(p.name.clone()).or_default().push((name.clone(), version.clone()));
+                self.providers
+                    .entry(p.name.clone())
+                    .or_default()
+                    .push((name.clone(), version.clone()));
             }
             let size = field("Size")?.parse().unwrap_or(0);
             let record = PackageRecord {
@@ -182,16 +221,25 @@ impl Index {
 
     /// Newest version of `name` that satisfies `atom`'s constraint.
     pub fn best(&self, atom: &Atom) -> Option<&PackageRecord> {
-        self.packages.get(&atom.name)?.iter().find(|r| atom.admits(&r.version))
+        self.packages
+            .get(&atom.name)?
+            .iter()
+            .find(|r| atom.admits(&r.version))
     }
 
     pub fn exact(&self, name: &str, version: &DebVersion) -> Option<&PackageRecord> {
-        self.packages.get(name)?.iter().find(|r| &r.version == version)
+        self.packages
+            .get(name)?
+            .iter()
+            .find(|r| &r.version == version)
     }
 }
 
 fn read_maybe_compressed(path: &Path) -> Result<String, AptError> {
-    let err = |source| AptError::Read { path: path.to_owned(), source };
+    let err = |source| AptError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let file = std::fs::File::open(path).map_err(err)?;
     let mut reader: Box<dyn Read> = match path.extension().and_then(|e| e.to_str()) {
         Some("lz4") => Box::new(lz4_flex::frame::FrameDecoder::new(file)),
@@ -267,7 +315,10 @@ fn parse_atom(text: &str) -> Option<Atom> {
     if name.is_empty() || name.contains(char::is_whitespace) {
         return None;
     }
-    Some(Atom { name: name.to_owned(), constraint })
+    Some(Atom {
+        name: name.to_owned(),
+        constraint,
+    })
 }
 
 #[cfg(test)]
@@ -301,7 +352,12 @@ mod tests {
         for v in index.packages.values_mut() {
             v.sort_by(|a, b| b.version.cmp(&a.version));
         }
-        let a = index.best(&Atom { name: "a".into(), constraint: None }).unwrap();
+        let a = index
+            .best(&Atom {
+                name: "a".into(),
+                constraint: None,
+            })
+            .unwrap();
         assert_eq!(a.version.to_string(), "1.0-2");
         assert_eq!(index.providers["virt"][0].0, "c");
     }
@@ -310,7 +366,11 @@ mod tests {
     fn missing_sha256_is_an_error_naming_the_package() {
         let mut index = Index::default();
         let err = index
-            .add_text(Path::new("idx"), "Package: z\nVersion: 1\nArchitecture: all\nFilename: f\nSize: 1\n", "amd64")
+            .add_text(
+                Path::new("idx"),
+                "Package: z\nVersion: 1\nArchitecture: all\nFilename: f\nSize: 1\n",
+                "amd64",
+            )
             .unwrap_err();
         assert!(err.to_string().contains("\"z\""), "{err}");
         assert!(err.to_string().contains("SHA256"), "{err}");

@@ -24,12 +24,18 @@ pub struct VersionError {
 impl FromStr for DebVersion {
     type Err = VersionError;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |reason| VersionError { text: text.to_owned(), reason };
+        let err = |reason| VersionError {
+            text: text.to_owned(),
+            reason,
+        };
         if text.is_empty() || text.chars().any(char::is_whitespace) {
             return Err(err("empty or contains whitespace"));
         }
         let (epoch, rest) = match text.split_once(':') {
-            Some((e, rest)) => (e.parse::<u64>().map_err(|_| err("epoch is not a number"))?, rest),
+            Some((e, rest)) => (
+                e.parse::<u64>().map_err(|_| err("epoch is not a number"))?,
+                rest,
+            ),
             None => (0, text),
         };
         let (upstream, revision) = match rest.rsplit_once('-') {
@@ -39,7 +45,12 @@ impl FromStr for DebVersion {
         if !upstream.starts_with(|c: char| c.is_ascii_digit()) {
             return Err(err("upstream version must start with a digit"));
         }
-        Ok(Self { epoch, upstream: upstream.to_owned(), revision: revision.to_owned(), text: text.to_owned() })
+        Ok(Self {
+            epoch,
+            upstream: upstream.to_owned(),
+            revision: revision.to_owned(),
+            text: text.to_owned(),
+        })
     }
 }
 

@@ -11,29 +11,68 @@ use crate::lock::LockedPackage;
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("creating cache directory {path}: {source}")]
-    CacheDir { path: PathBuf, source: std::io::Error },
+    CacheDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("running apt-get download for {package}: {source}")]
-    Spawn { package: String, source: std::io::Error },
+    Spawn {
+        package: String,
+        source: std::io::Error,
+    },
     #[error(
         "the archive no longer offers {package} {version} ({detail}); run `basalt-image lock` to re-pin the inputs"
     )]
-    Gone { package: String, version: String, detail: String },
+    Gone {
+        package: String,
+        version: String,
+        detail: String,
+    },
     #[error("apt-get download {package}={version} failed: {detail}")]
-    Download { package: String, version: String, detail: String },
+    Download {
+        package: String,
+        version: String,
+        detail: String,
+    },
     #[error("apt-get download {package}={version} produced no .deb in {dir}")]
-    NoFile { package: String, version: String, dir: PathBuf },
-    #[error("checksum mismatch for {package} {version}: expected sha256 {expected}, got {actual} ({path})")]
-    Checksum { package: String, version: String, expected: String, actual: String, path: PathBuf },
+    NoFile {
+        package: String,
+        version: String,
+        dir: PathBuf,
+    },
+    #[error(
+        "checksum mismatch for {package} {version}: expected sha256 {expected}, got {actual} ({path})"
+    )]
+    Checksum {
+        package: String,
+        version: String,
+        expected: String,
+        actual: String,
+        path: PathBuf,
+    },
     #[error("storing {package} in the cache at {path}: {source}")]
-    Store { package: String, path: PathBuf, source: std::io::Error },
+    Store {
+        package: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let mut file = std::fs::File::open(path).map_err(|source| FetchError::Read { path: path.to_owned(), source })?;
+    let mut file = std::fs::File::open(path).map_err(|source| FetchError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|source| FetchError::Read { path: path.to_owned(), source })?;
+    std::io::copy(&mut file, &mut hasher).map_err(|source| FetchError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(hex::encode(hasher.finalize()))
 }
 
@@ -70,25 +109,45 @@ impl Cache {
             return Ok(dest);
         }
         let dir = self.root.join("debs");
-        std::fs::create_dir_all(&dir).map_err(|source| FetchError::CacheDir { path: dir.clone(), source })?;
-        let tmp = tempfile::tempdir_in(&dir).map_err(|source| FetchError::CacheDir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| FetchError::CacheDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let tmp = tempfile::tempdir_in(&dir).map_err(|source| FetchError::CacheDir {
+            path: dir.clone(),
+            source,
+        })?;
         let spec = format!("{}={}", pkg.name, pkg.version);
         let out = Command::new("apt-get")
             .args(["download", "-q", &spec])
             .current_dir(tmp.path())
             .output()
-            .map_err(|source| FetchError::Spawn { package: pkg.name.clone(), source })?;
+            .map_err(|source| FetchError::Spawn {
+                package: pkg.name.clone(),
+                source,
+            })?;
         if !out.status.success() {
             let detail = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             let gone = detail.contains("not found") || detail.contains("Can't find a source");
             return Err(if gone {
-                FetchError::Gone { package: pkg.name.clone(), version: pkg.version.clone(), detail }
+                FetchError::Gone {
+                    package: pkg.name.clone(),
+                    version: pkg.version.clone(),
+                    detail,
+                }
             } else {
-                FetchError::Download { package: pkg.name.clone(), version: pkg.version.clone(), detail }
+                FetchError::Download {
+                    package: pkg.name.clone(),
+                    version: pkg.version.clone(),
+                    detail,
+                }
             });
         }
         let file = std::fs::read_dir(tmp.path())
-            .map_err(|source| FetchError::Read { path: tmp.path().to_owned(), source })?
+            .map_err(|source| FetchError::Read {
+                path: tmp.path().to_owned(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
             .ok_or_else(|| FetchError::NoFile {
@@ -128,7 +187,9 @@ mod tests {
     #[test]
     fn tampered_cache_entry_is_a_checksum_error_naming_package_and_both_sums() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache { root: dir.path().to_owned() };
+        let cache = Cache {
+            root: dir.path().to_owned(),
+        };
         let pkg = LockedPackage {
             name: "runc".into(),
             version: "1.1".into(),
@@ -143,6 +204,9 @@ mod tests {
         let err = cache.ensure(&pkg).unwrap_err().to_string();
         assert!(err.contains("runc 1.1"), "{err}");
         assert!(err.contains(&"00".repeat(32)), "{err}");
-        assert!(err.contains("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"), "{err}");
+        assert!(
+            err.contains("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            "{err}"
+        );
     }
 }

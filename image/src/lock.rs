@@ -12,11 +12,20 @@ use crate::debversion::DebVersion;
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("parsing {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("serialising the lock: {0}")]
     Serialise(#[from] toml::ser::Error),
     #[error("wanted package {name:?} is not in the apt indices (run `apt-get update`?)")]
@@ -24,9 +33,21 @@ pub enum LockError {
     #[error("wanted package {name:?} is also on the exclude list")]
     WantedAndExcluded { name: String },
     #[error("{package} {version} needs {relation}, which no package in the apt indices satisfies")]
-    Unsatisfiable { package: String, version: String, relation: String },
-    #[error("{package} {version} needs {relation}, but {chosen} {chosen_version} was already chosen")]
-    Conflict { package: String, version: String, relation: String, chosen: String, chosen_version: String },
+    Unsatisfiable {
+        package: String,
+        version: String,
+        relation: String,
+    },
+    #[error(
+        "{package} {version} needs {relation}, but {chosen} {chosen_version} was already chosen"
+    )]
+    Conflict {
+        package: String,
+        version: String,
+        relation: String,
+        chosen: String,
+        chosen_version: String,
+    },
     #[error("lock entry {name} has an invalid version {version:?}")]
     BadVersion { name: String, version: String },
 }
@@ -48,8 +69,14 @@ pub struct Inputs {
 
 impl Inputs {
     pub fn load(path: &Path) -> Result<Self, LockError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LockError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|source| LockError::Parse { path: path.to_owned(), source })
+        let text = std::fs::read_to_string(path).map_err(|source| LockError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| LockError::Parse {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     pub fn is_excluded(&self, name: &str) -> bool {
@@ -81,9 +108,10 @@ pub struct LockedPackage {
 
 impl LockedPackage {
     pub fn deb_version(&self) -> Result<DebVersion, LockError> {
-        self.version
-            .parse()
-            .map_err(|_| LockError::BadVersion { name: self.name.clone(), version: self.version.clone() })
+        self.version.parse().map_err(|_| LockError::BadVersion {
+            name: self.name.clone(),
+            version: self.version.clone(),
+        })
     }
 }
 
@@ -99,8 +127,14 @@ pub struct Lock {
 
 impl Lock {
     pub fn load(path: &Path) -> Result<Self, LockError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LockError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|source| LockError::Parse { path: path.to_owned(), source })
+        let text = std::fs::read_to_string(path).map_err(|source| LockError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| LockError::Parse {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     pub fn to_toml(&self) -> Result<String, LockError> {
@@ -112,7 +146,10 @@ impl Lock {
     }
 
     pub fn write(&self, path: &Path) -> Result<(), LockError> {
-        std::fs::write(path, self.to_toml()?).map_err(|source| LockError::Write { path: path.to_owned(), source })
+        std::fs::write(path, self.to_toml()?).map_err(|source| LockError::Write {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&LockedPackage> {
@@ -137,7 +174,10 @@ pub fn resolve(inputs: &Inputs, index: &Index) -> Result<(Lock, ResolveLog), Loc
     let mut log = ResolveLog::default();
     let mut chosen: BTreeMap<String, (DebVersion, Role)> = BTreeMap::new();
     let mut queue: VecDeque<(Atom, Role, String)> = VecDeque::new();
-    for (names, role) in [(&inputs.boot_packages, Role::Boot), (&inputs.packages, Role::Rootfs)] {
+    for (names, role) in [
+        (&inputs.boot_packages, Role::Boot),
+        (&inputs.packages, Role::Rootfs),
+    ] {
         for name in names {
             if inputs.is_excluded(name) {
                 return Err(LockError::WantedAndExcluded { name: name.clone() });
@@ -145,12 +185,23 @@ pub fn resolve(inputs: &Inputs, index: &Index) -> Result<(Lock, ResolveLog), Loc
             if !index.packages.contains_key(name) {
                 return Err(LockError::Unknown { name: name.clone() });
             }
-            queue.push_back((Atom { name: name.clone(), constraint: None }, role, "inputs.toml".into()));
+            queue.push_back((
+                Atom {
+                    name: name.clone(),
+                    constraint: None,
+                },
+                role,
+                "inputs.toml".into(),
+            ));
         }
     }
     while let Some((atom, role, why)) = queue.pop_front() {
         let Some(record) = index.best(&atom) else {
-            return Err(LockError::Unsatisfiable { package: why, version: String::new(), relation: atom.to_string() });
+            return Err(LockError::Unsatisfiable {
+                package: why,
+                version: String::new(),
+                relation: atom.to_string(),
+            });
         };
         if let Some((v, r)) = chosen.get_mut(&record.name) {
             if !atom.admits(v) {
@@ -169,7 +220,9 @@ pub fn resolve(inputs: &Inputs, index: &Index) -> Result<(Lock, ResolveLog), Loc
         chosen.insert(record.name.clone(), (record.version.clone(), role));
         for group in &record.depends {
             match pick_alternative(inputs, index, group, &chosen) {
-                Pick::Atom(a) => queue.push_back((a, role, format!("{} {}", record.name, record.version))),
+                Pick::Atom(a) => {
+                    queue.push_back((a, role, format!("{} {}", record.name, record.version)))
+                }
                 Pick::Satisfied => {}
                 Pick::Excluded(names) => log.lines.push(format!(
                     "skipping {} (needed by {}): excluded by inputs.toml",
@@ -180,7 +233,11 @@ pub fn resolve(inputs: &Inputs, index: &Index) -> Result<(Lock, ResolveLog), Loc
                     return Err(LockError::Unsatisfiable {
                         package: record.name.clone(),
                         version: record.version.to_string(),
-                        relation: group.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "),
+                        relation: group
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" | "),
                     });
                 }
             }
@@ -188,7 +245,9 @@ pub fn resolve(inputs: &Inputs, index: &Index) -> Result<(Lock, ResolveLog), Loc
     }
     let mut packages = Vec::new();
     for (name, (version, role)) in &chosen {
-        let Some(r) = index.exact(name, version) else { continue };
+        let Some(r) = index.exact(name, version) else {
+            continue;
+        };
         packages.push(LockedPackage {
             name: name.clone(),
             version: version.to_string(),
@@ -199,7 +258,14 @@ pub fn resolve(inputs: &Inputs, index: &Index) -> Result<(Lock, ResolveLog), Loc
             role: *role,
         });
     }
-    Ok((Lock { source_date_epoch: inputs.source_date_epoch, architecture: inputs.architecture.clone(), packages }, log))
+    Ok((
+        Lock {
+            source_date_epoch: inputs.source_date_epoch,
+            architecture: inputs.architecture.clone(),
+            packages,
+        },
+        log,
+    ))
 }
 
 enum Pick {
@@ -209,7 +275,12 @@ enum Pick {
     None,
 }
 
-fn pick_alternative(inputs: &Inputs, index: &Index, group: &[Atom], chosen: &BTreeMap<String, (DebVersion, Role)>) -> Pick {
+fn pick_alternative(
+    inputs: &Inputs,
+    index: &Index,
+    group: &[Atom],
+    chosen: &BTreeMap<String, (DebVersion, Role)>,
+) -> Pick {
     let mut excluded = Vec::new();
     // An alternative already in the closure satisfies the group without adding anything.
     for atom in group {
@@ -242,11 +313,18 @@ fn pick_alternative(inputs: &Inputs, index: &Index, group: &[Atom], chosen: &BTr
                     excluded.push(p.clone());
                     continue;
                 }
-                return Pick::Atom(Atom { name: p.clone(), constraint: None });
+                return Pick::Atom(Atom {
+                    name: p.clone(),
+                    constraint: None,
+                });
             }
         }
     }
-    if excluded.is_empty() { Pick::None } else { Pick::Excluded(excluded) }
+    if excluded.is_empty() {
+        Pick::None
+    } else {
+        Pick::Excluded(excluded)
+    }
 }
 
 #[cfg(test)]
@@ -263,7 +341,9 @@ mod tests {
     }
 
     fn pkg(name: &str, version: &str, extra: &str) -> String {
-        format!("Package: {name}\nVersion: {version}\nArchitecture: amd64\n{extra}Filename: pool/{name}.deb\nSize: 1\nSHA256: {name}sum\n\n")
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: amd64\n{extra}Filename: pool/{name}.deb\nSize: 1\nSHA256: {name}sum\n\n"
+        )
     }
 
     fn inputs(packages: &[&str], exclude: &[&str]) -> Inputs {
@@ -278,27 +358,49 @@ mod tests {
 
     #[test]
     fn closure_follows_depends_alternatives_and_provides_but_not_excludes() {
-        let idx = index(&[
-            pkg("ca-certificates", "1", "Depends: openssl (>= 1.1.1), debconf (>= 0.5) | debconf-2.0\n"),
-            pkg("openssl", "3.0", "Depends: libssl3 (>= 3.0)\n"),
-            pkg("libssl3", "3.0", "Pre-Depends: libc6\n"),
-            pkg("libc6", "2.36", ""),
-            pkg("debconf", "1.5", "Depends: perl-base\n"),
-            pkg("cdebconf", "0.2", "Provides: debconf-2.0\n"),
-            pkg("perl-base", "5.36", "Essential: yes\n"),
-            pkg("bash", "5", "Essential: yes\n"),
-        ]
-        .concat());
-        let (lock, log) = resolve(&inputs(&["ca-certificates"], &["debconf", "cdebconf", "perl*"]), &idx).unwrap();
+        let idx = index(
+            &[
+                pkg(
+                    "ca-certificates",
+                    "1",
+                    "Depends: openssl (>= 1.1.1), debconf (>= 0.5) | debconf-2.0\n",
+                ),
+                pkg("openssl", "3.0", "Depends: libssl3 (>= 3.0)\n"),
+                pkg("libssl3", "3.0", "Pre-Depends: libc6\n"),
+                pkg("libc6", "2.36", ""),
+                pkg("debconf", "1.5", "Depends: perl-base\n"),
+                pkg("cdebconf", "0.2", "Provides: debconf-2.0\n"),
+                pkg("perl-base", "5.36", "Essential: yes\n"),
+                pkg("bash", "5", "Essential: yes\n"),
+            ]
+            .concat(),
+        );
+        let (lock, log) = resolve(
+            &inputs(&["ca-certificates"], &["debconf", "cdebconf", "perl*"]),
+            &idx,
+        )
+        .unwrap();
         let names: Vec<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["ca-certificates", "libc6", "libssl3", "openssl"]);
-        assert!(log.lines.iter().any(|l| l.contains("debconf | debconf-2.0") || l.contains("debconf | cdebconf")), "{:?}", log.lines);
+        assert!(
+            log.lines
+                .iter()
+                .any(|l| l.contains("debconf | debconf-2.0") || l.contains("debconf | cdebconf")),
+            "{:?}",
+            log.lines
+        );
         assert_eq!(lock.get("openssl").unwrap().sha256, "opensslsum");
     }
 
     #[test]
     fn virtual_package_resolves_through_provider() {
-        let idx = index(&[pkg("a", "1", "Depends: virt\n"), pkg("impl", "2", "Provides: virt\n")].concat());
+        let idx = index(
+            &[
+                pkg("a", "1", "Depends: virt\n"),
+                pkg("impl", "2", "Provides: virt\n"),
+            ]
+            .concat(),
+        );
         let (lock, _) = resolve(&inputs(&["a"], &[]), &idx).unwrap();
         assert!(lock.get("impl").is_some());
     }
@@ -313,7 +415,10 @@ mod tests {
     #[test]
     fn wanted_but_excluded_is_refused() {
         let idx = index(&pkg("bash", "5", ""));
-        assert!(matches!(resolve(&inputs(&["bash"], &["bash"]), &idx), Err(LockError::WantedAndExcluded { .. })));
+        assert!(matches!(
+            resolve(&inputs(&["bash"], &["bash"]), &idx),
+            Err(LockError::WantedAndExcluded { .. })
+        ));
     }
 
     #[test]

@@ -46,7 +46,10 @@ fn default_workspace() -> PathBuf {
     if cwd.join("image/inputs.toml").is_file() {
         return cwd;
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or(cwd)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(cwd)
 }
 
 fn main() {
@@ -58,7 +61,9 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cache = Cache { root: cli.cache_dir.clone().unwrap_or_else(Cache::default_root) };
+    let cache = Cache {
+        root: cli.cache_dir.clone().unwrap_or_else(Cache::default_root),
+    };
     let inputs_path = cli.workspace.join("image/inputs.toml");
     let lock_path = cli.workspace.join("image/inputs.lock");
     match cli.command {
@@ -70,7 +75,11 @@ fn run() -> anyhow::Result<()> {
                 eprintln!("{line}");
             }
             lock.write(&lock_path)?;
-            eprintln!("wrote {} ({} packages)", lock_path.display(), lock.packages.len());
+            eprintln!(
+                "wrote {} ({} packages)",
+                lock_path.display(),
+                lock.packages.len()
+            );
         }
         Cmd::Fetch => {
             let lock = Lock::load(&lock_path)?;
@@ -79,7 +88,8 @@ fn run() -> anyhow::Result<()> {
         Cmd::Build(args) => {
             let lock = Lock::load(&lock_path)?;
             fetch_all(&cache, &lock)?;
-            basalt_image::build::build(&cli.workspace, &cache, &lock, &args).context("building the image")?;
+            basalt_image::build::build(&cli.workspace, &cache, &lock, &args)
+                .context("building the image")?;
         }
         Cmd::ReproCheck(args) => {
             let lock = Lock::load(&lock_path)?;
@@ -107,7 +117,11 @@ fn fetch_all(cache: &Cache, lock: &Lock) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     if !missing.is_empty() {
-        eprintln!("fetched {} packages into {}", missing.len(), cache.root.join("debs").display());
+        eprintln!(
+            "fetched {} packages into {}",
+            missing.len(),
+            cache.root.join("debs").display()
+        );
     }
     Ok(())
 }
