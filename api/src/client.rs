@@ -66,7 +66,7 @@ pub enum ClientError {
         endpoint: String,
         source: std::io::Error,
     },
-    #[error("talking to {endpoint}: {source}")]
+    #[error("talking to {endpoint}: {}", chain(.source))]
     Http {
         endpoint: String,
         source: hyper::Error,
@@ -84,6 +84,22 @@ pub enum ClientError {
         what: &'static str,
         source: serde_json::Error,
     },
+}
+
+/// hyper's errors say "connection error" and keep the reason (a TLS alert, a reset) in
+/// their source; show the whole chain.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 fn format_validation(errors: &[ValidationError]) -> String {

@@ -413,6 +413,32 @@ async fn unreachable_or_missing_nodes_are_errors_with_the_right_exit_code() {
     ])
     .await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // Maintenance flags against a configured node: the TLS refusal comes with a hint.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "controlplane.yaml", CONTROLPLANE);
+    let endpoint = server.endpoint();
+    let out = run(&[
+        "apply-config",
+        "--insecure",
+        "-n",
+        &endpoint,
+        "-f",
+        s(&file),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hint: --insecure"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["--basaltconfig", s(&config), "service", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no service named"),
+        "{}",
+        text(&out)
+    );
     let out = run(&["--basaltconfig", s(&config), "version", "-o", "yaml"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(

@@ -247,6 +247,23 @@ where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
+    each_hinted(clients, output, op, table, None).await
+}
+
+/// [`each`], printing `transport_hint` under a failure that happened before any HTTP
+/// answer (the usual sign of talking to the wrong kind of node).
+async fn each_hinted<T, F, Fut>(
+    clients: &[Client],
+    output: OutputFormat,
+    op: F,
+    table: fn(&[(String, T)]) -> String,
+    transport_hint: Option<&str>,
+) -> CmdResult
+where
+    T: Serialize,
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
     let mut results = Vec::new();
     let mut failure: Option<Failure> = None;
     for client in clients {
@@ -255,6 +272,9 @@ where
             Ok(value) => results.push((node, value)),
             Err(e) => {
                 eprintln!("error: {node}: {e}");
+                if let Some(hint) = transport_hint.filter(|_| e.is_transport()) {
+                    eprintln!("hint: {hint}");
+                }
                 let f = classify(e);
                 // The most severe outcome wins: a runtime failure over invalid input.
                 failure = match (failure, f) {
@@ -480,10 +500,17 @@ async fn run_async(
                         let name = name.clone();
                         async move {
                             let all = c.services().await?;
-                            Ok(all
-                                .into_iter()
-                                .filter(|s| s.name == name)
-                                .collect::<Vec<_>>())
+                            let found: Vec<_> =
+                                all.into_iter().filter(|s| s.name == name).collect();
+                            if found.is_empty() {
+                                return Err(ClientError::Status {
+                                    endpoint: c.endpoint().to_owned(),
+                                    status: 404,
+                                    error: format!("no service named {name:?} on this node"),
+                                    validation_errors: Vec::new(),
+                                });
+                            }
+                            Ok(found)
                         }
                     },
                     |r| {
@@ -843,7 +870,14 @@ async fn apply_config(
         None => connect(basaltconfig, target)?,
     };
     let request = &request;
-    each(
+    let hint = if args.insecure || args.cert_fingerprint.is_some() {
+        "--insecure and --cert-fingerprint reach nodes in maintenance mode; a configured node \
+         wants the client certificate of your basaltconfig (drop both flags)"
+    } else {
+        "a node in maintenance mode has no certificate from your API CA: pass \
+         --cert-fingerprint with the fingerprint its console shows, or --insecure in a lab"
+    };
+    each_hinted(
         &clients,
         args.output.output,
         |c| async move { c.apply_config(request).await },
@@ -861,6 +895,7 @@ async fn apply_config(
                     .collect(),
             )
         },
+        Some(hint),
     )
     .await
 }
