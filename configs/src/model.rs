@@ -21,7 +21,7 @@ fn is_default<T: Default + PartialEq>(t: &T) -> bool {
 
 /// One machine config document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
 pub struct MachineConfig {
     pub version: ConfigVersion,
     pub machine: MachineSpec,
@@ -80,7 +80,7 @@ pub enum MachineType {
 
 /// `machine`: everything about this node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct MachineSpec {
     #[serde(rename = "type")]
     pub machine_type: MachineType,
@@ -111,7 +111,7 @@ pub struct MachineSpec {
 
 /// `machine.install`: where the image goes on first boot (metal).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct InstallSpec {
     /// The whole disk to partition (`/dev/vda`, `/dev/disk/by-id/...`).
     pub disk: AbsolutePath,
@@ -122,7 +122,7 @@ pub struct InstallSpec {
 
 /// `machine.network`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct NetworkSpec {
     /// Interfaces configured explicitly. With none, machined runs DHCP on every
     /// interface that has a link.
@@ -141,7 +141,7 @@ pub enum InterfaceSelector {
 
 /// `deviceSelector`: matches a link by its permanent hardware address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct DeviceSelector {
     pub hardware_addr: MacAddress,
 }
@@ -175,7 +175,7 @@ impl NetworkInterface {
 /// The document shape of [`NetworkInterface`]; the selector is two optional fields here
 /// and one enum in the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub(crate) struct NetworkInterfaceDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     interface: Option<InterfaceName>,
@@ -237,7 +237,7 @@ impl From<NetworkInterface> for NetworkInterfaceDoc {
 
 /// `machine.network.interfaces[].routes[]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct Route {
     pub network: Cidr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,14 +249,14 @@ pub struct Route {
 /// `machine.network.interfaces[].vip`: the shared control-plane address this interface
 /// competes for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct Vip {
     pub ip: IpAddress,
 }
 
 /// `machine.time`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct TimeSpec {
     /// NTP servers; empty means machined's built-in default (`pool.ntp.org`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -265,7 +265,7 @@ pub struct TimeSpec {
 
 /// `machine.kubelet`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct KubeletSpec {
     /// Extra `--flag=value` arguments, by flag name without the dashes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -281,7 +281,7 @@ pub struct KubeletSpec {
 
 /// `machine.kubelet.nodeIP`: which of the node's addresses kubelet advertises.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct NodeIpSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub valid_subnets: Vec<Cidr>,
@@ -289,7 +289,7 @@ pub struct NodeIpSpec {
 
 /// `machine.files[]`: a file machined writes at boot (under /var or /etc overlays).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct MachineFile {
     pub path: AbsolutePath,
     #[serde(default, skip_serializing_if = "is_default_mode")]
@@ -303,7 +303,7 @@ fn is_default_mode(m: &FileMode) -> bool {
 
 /// `machine.kernel`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct KernelSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<KernelModule>,
@@ -311,7 +311,7 @@ pub struct KernelSpec {
 
 /// `machine.kernel.modules[]`: a module machined loads at boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct KernelModule {
     pub name: KernelModuleName,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -320,7 +320,7 @@ pub struct KernelModule {
 
 /// `machine.registries`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct RegistriesSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mirrors: BTreeMap<RegistryName, RegistryMirror>,
@@ -328,14 +328,14 @@ pub struct RegistriesSpec {
 
 /// `machine.registries.mirrors.<registry>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct RegistryMirror {
     pub endpoints: Vec<MirrorEndpoint>,
 }
 
 /// A certificate authority: its certificate, and its key where this node signs with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct CertificateAndKey {
     pub crt: PemCertificate,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -344,7 +344,7 @@ pub struct CertificateAndKey {
 
 /// `cluster`: what every node of the cluster shares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct ClusterSpec {
     pub name: ClusterName,
     pub control_plane: ControlPlaneSpec,
@@ -429,7 +429,7 @@ pub(crate) const DEFAULT_COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:
 
 /// `cluster.controlPlane`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct ControlPlaneSpec {
     /// Where the Kubernetes API is reached: the VIP or a load balancer, with its port.
     pub endpoint: Endpoint,
@@ -437,7 +437,7 @@ pub struct ControlPlaneSpec {
 
 /// `cluster.network`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct ClusterNetworkSpec {
     #[serde(default = "default_pod_subnets")]
     pub pod_subnets: Vec<Cidr>,
@@ -480,7 +480,7 @@ fn default_dns_domain() -> DnsName {
 
 /// `cluster.network.cni`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct CniSpec {
     pub name: CniName,
 }
@@ -498,14 +498,14 @@ pub enum CniName {
 
 /// `cluster.serviceAccount`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct ServiceAccountSpec {
     pub key: PemPrivateKey,
 }
 
 /// `cluster.etcd`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct EtcdSpec {
     /// The etcd CA; control planes only, with its key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -519,7 +519,7 @@ pub struct EtcdSpec {
 
 /// `cluster.apiServer`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct ApiServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ContainerImage>,
@@ -531,7 +531,7 @@ pub struct ApiServerSpec {
 
 /// `cluster.controllerManager` and `cluster.scheduler`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct ComponentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ContainerImage>,
@@ -541,7 +541,7 @@ pub struct ComponentSpec {
 
 /// `cluster.proxy`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct ProxySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ContainerImage>,
@@ -554,7 +554,7 @@ pub struct ProxySpec {
 
 /// `cluster.coreDNS`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct CoreDnsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ContainerImage>,

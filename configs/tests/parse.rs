@@ -145,7 +145,11 @@ fn degenerate_documents() {
     ));
     assert_eq!(
         parse_err("- a"),
-        "(document): invalid type: sequence, expected struct MachineConfig"
+        "(document): invalid type: sequence, expected a mapping"
+    );
+    assert_eq!(
+        parse_err("version: v1alpha1\nmachine: 3\n"),
+        "machine: invalid type: integer `3`, expected a mapping"
     );
     assert_eq!(
         parse_err("a: [b"),
