@@ -62,7 +62,7 @@ pub fn detect_accel(qemu: &Path) -> Accel {
 
 fn cache_path() -> Option<std::path::PathBuf> {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    Some(std::env::temp_dir().join(format!("basalt-qemu-accel-{}", boot_id.trim())))
+    Some(std::env::temp_dir().join(format!("basalt-qemu-accel-v2-{}", boot_id.trim())))
 }
 
 /// Cheap first check: /dev/kvm opens and speaks the stable API version (12).
@@ -105,7 +105,10 @@ pub fn probe_guest_runs(qemu: &Path, accel: Accel) -> bool {
             "-monitor",
             "none",
         ])
-        .args(["-serial", "none", "-m", "64", "-chardev"])
+        // The CPU model real runs use: a host whose KVM runs SeaBIOS with the default
+        // CPU can still abort on `-cpu host` MSRs (seen: "failed to set MSR 0x10a").
+        .args(["-cpu", crate::cpu_model(accel), "-smp", "2"])
+        .args(["-serial", "none", "-m", "256", "-chardev"])
         .arg(chardev)
         .args(["-device", "isa-debugcon,iobase=0x402,chardev=dbg"])
         .stdin(Stdio::null())

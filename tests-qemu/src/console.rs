@@ -77,6 +77,7 @@ impl ConsoleLog {
                     status,
                     log: self.path.clone(),
                     tail: self.tail(40),
+                    qemu_stderr: String::new(),
                 });
             }
             if Instant::now() >= deadline {

@@ -76,13 +76,14 @@ pub enum HarnessError {
         tail: String,
     },
     #[error(
-        "QEMU exited ({status}) before {pattern:?} appeared on the console ({log}); last lines:\n{tail}"
+        "QEMU exited ({status}) before {pattern:?} appeared on the console ({log}); last lines:\n{tail}\nQEMU's stderr:\n{qemu_stderr}"
     )]
     ExitedBeforePattern {
         pattern: String,
         status: ExitStatus,
         log: PathBuf,
         tail: String,
+        qemu_stderr: String,
     },
     #[error("QEMU did not exit within {timeout:?} ({log}); last lines:\n{tail}")]
     ExitTimeout {
@@ -343,10 +344,7 @@ impl QemuBuilder {
         push("-accel");
         push(accel.qemu_name());
         push("-cpu");
-        push(match accel {
-            Accel::Kvm => "host",
-            Accel::Tcg => "max",
-        });
+        push(cpu_model(accel));
         push("-smp");
         push(&self.cpus.to_string());
         push("-m");
@@ -490,6 +488,14 @@ impl QemuBuilder {
     }
 }
 
+/// `host` passes the real CPU through under KVM; `max` is TCG's most capable model.
+pub(crate) fn cpu_model(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "host",
+        Accel::Tcg => "max",
+    }
+}
+
 /// The monitor socket of a VM whose console goes to `console_log`.
 fn monitor_socket(console_log: &Path) -> PathBuf {
     console_log.with_extension("monitor.sock")
@@ -608,11 +614,14 @@ impl RunningQemu {
     /// Waits until a console line contains `pattern` and returns that line. Fails early
     /// if QEMU exits; on timeout the error carries the last 40 console lines.
     pub fn wait_for_console(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
-        let child = &mut self.child;
-        self.console.wait_for(pattern, timeout, || match child {
-            Some(c) => c.try_wait().ok().flatten(),
-            None => None,
-        })
+        self.wait_for_console_after(0, pattern, timeout)
+            .map(|(line, _)| line)
+    }
+
+    /// QEMU's own error output (bad arguments, accelerator failures).
+    pub fn qemu_stderr(&self) -> String {
+        std::fs::read_to_string(self.console.path().with_extension("qemu-stderr.log"))
+            .unwrap_or_default()
     }
 
     /// Like [`Self::wait_for_console`] but only looks at console text from byte
@@ -626,11 +635,28 @@ impl RunningQemu {
         timeout: Duration,
     ) -> Result<(String, usize)> {
         let child = &mut self.child;
-        self.console
+        let result = self
+            .console
             .wait_for_after(after_offset, pattern, timeout, || match child {
                 Some(c) => c.try_wait().ok().flatten(),
                 None => None,
-            })
+            });
+        match result {
+            Err(HarnessError::ExitedBeforePattern {
+                pattern,
+                status,
+                log,
+                tail,
+                ..
+            }) => Err(HarnessError::ExitedBeforePattern {
+                pattern,
+                status,
+                log,
+                tail,
+                qemu_stderr: self.qemu_stderr(),
+            }),
+            other => other,
+        }
     }
 
     /// Everything the serial console printed so far.

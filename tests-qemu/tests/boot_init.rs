@@ -1,0 +1,111 @@
+//! The boot chain on a real image: kernel → basalt-init (/init) → switch_root →
+//! machined as PID 1 → the sequencer's phases; and the way down on ctrl-alt-del.
+//! Needs BASALT_IMAGE_DIR (see `basalt_tests_qemu::image_dir`).
+
+use std::time::Duration;
+
+use basalt_tests_qemu::{Qemu, RunningQemu, image_dir};
+
+/// TCG is slow and CI machines are busy: generous, but a hung boot still ends.
+const STEP: Duration = Duration::from_secs(240);
+
+fn boot(extra_cmdline: &str) -> RunningQemu {
+    let dir = image_dir().unwrap();
+    Qemu::builder()
+        .kernel(dir.join("vmlinuz"))
+        .initrd(dir.join("initramfs.zst"))
+        .append(format!("basalt.panic_reboot=1 {extra_cmdline}"))
+        .memory_mib(1536)
+        .no_reboot()
+        .monitor()
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for each pattern in turn, each strictly after the previous one.
+fn expect_in_order(vm: &mut RunningQemu, patterns: &[&str]) -> Vec<String> {
+    let mut at = 0;
+    let mut lines = Vec::new();
+    for pattern in patterns {
+        let (line, next) = vm
+            .wait_for_console_after(at, pattern, STEP)
+            .unwrap_or_else(|e| panic!("{e}"));
+        at = next;
+        lines.push(line);
+    }
+    lines
+}
+
+#[test]
+fn init_switches_root_and_machined_runs_the_sequence() {
+    // basalt.debug makes init log every module; the bad panic_reboot value must be
+    // reported and ignored (the later valid word wins anyway).
+    let mut vm = boot("basalt.debug basalt.panic_reboot=soon basalt.panic_reboot=1");
+    let version = env!("CARGO_PKG_VERSION");
+    let lines = expect_in_order(
+        &mut vm,
+        &[
+            &format!("basalt-init {version}: starting"),
+            "basalt-init: mounted /dev /proc /sys /run (",
+            "basalt-init: kernel command line: basalt.panic_reboot=soon: not a number",
+            "basalt-init: initramfs: loaded squashfs (",
+            "built in) from /lib/modules/",
+            "basalt-init: attached /rootfs.sqsh to /dev/loop",
+            "basalt-init: rootfs mounted: /dev/loop",
+            "built in) from /newroot/lib/modules/",
+            "basalt-init: mounted tmpfs on /etc /tmp /var",
+            "basalt-init: moved /dev /proc /sys /run into the new root",
+            "basalt-init: freed the initramfs",
+            "basalt-init: switch_root done",
+            "basalt-init: exec /sbin/machined",
+            "machined: machined",
+            "machined: phase cgroups done (",
+            "machined: phase sysctls done (",
+            "machined: phase hostname done (",
+            "machined: phase config",
+            "machined: phase services",
+            "machined: boot sequence finished",
+        ],
+    );
+    assert!(
+        lines[13].contains("starting as PID 1"),
+        "machined must be PID 1 after exec: {}",
+        lines[13]
+    );
+    // Every controller kubelet needs was enabled.
+    for c in ["cpu", "memory", "pids"] {
+        assert!(
+            lines[14].split_whitespace().any(|w| w == c),
+            "{c}: {}",
+            lines[14]
+        );
+    }
+    let console = vm.console_output().unwrap();
+    assert!(!console.contains("FATAL"), "a step failed:\n{console}");
+    assert!(
+        !console.contains("Kernel panic"),
+        "the kernel panicked:\n{console}"
+    );
+}
+
+/// ctrl-alt-del reaches machined as SIGINT (CAD is disabled, so the kernel does not
+/// reboot by itself) and becomes a graceful reboot; with -no-reboot QEMU then exits.
+#[test]
+fn ctrl_alt_del_reboots_gracefully() {
+    let mut vm = boot("");
+    vm.wait_for_console("machined: boot sequence finished", STEP)
+        .unwrap();
+    vm.monitor_command("sendkey ctrl-alt-delete").unwrap();
+    expect_in_order(
+        &mut vm,
+        &[
+            "machined: shutdown: reboot requested",
+            "machined: shutdown: unmounted /var",
+            "machined: shutdown: reboot now",
+        ],
+    );
+    let status = vm
+        .wait_for_exit(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "QEMU exit status {status}");
+}
