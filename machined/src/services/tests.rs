@@ -581,6 +581,29 @@ async fn supervises_a_real_containerd_and_reads_its_version() {
     assert!(version.version.starts_with("1.6.20"), "{version:?}");
     // It logs to the ring like any service (containerd writes to stderr).
     wait_log(&h.sup, "containerd", "containerd successfully booted").await;
+    // A crash (SIGKILL from outside) is restarted after the first back-off step.
+    let crashed = status.pid.unwrap() as i32;
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(crashed, libc::SIGKILL) };
+    h.sup
+        .wait_for("containerd", &[State::Failed], T)
+        .await
+        .unwrap();
+    let status = h
+        .sup
+        .wait_for("containerd", &[State::Healthy], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(status.restarts, 1);
+    assert_ne!(status.pid, Some(crashed as u32));
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("killed by signal 9 (SIGKILL); restarting in 1s"),
+        "{status:?}"
+    );
     let pid = status.pid.unwrap() as i32;
     h.sup.stop("containerd").await.unwrap();
     assert!(!alive(pid));
@@ -593,7 +616,7 @@ async fn supervises_a_real_containerd_and_reads_its_version() {
             .unwrap()
             .collect_now()
             .iter()
-            .any(|l| l.text.contains("SIGKILL")),
+            .any(|l| l.text.contains("after SIGTERM: SIGKILL")),
     );
     let err = grpc::containerd_version(&settings.address, Duration::from_secs(1))
         .await
