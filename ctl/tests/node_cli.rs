@@ -118,6 +118,7 @@ async fn serve(mode: ApiMode) -> Server {
         files_root: files.path().to_owned(),
         kmsg_path: PathBuf::from("/dev/kmsg"),
         platform: basalt_config::Mode::Metal,
+        sys_block: PathBuf::from("/sys/block"),
     };
     let api = api::start(config, node.clone(), sink).await.unwrap();
     Server {

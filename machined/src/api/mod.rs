@@ -18,6 +18,7 @@ mod body;
 mod files;
 mod kmsg;
 mod provider;
+mod sysfs;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -100,6 +101,8 @@ pub struct ApiConfig {
     pub kmsg_path: PathBuf,
     /// Where this node runs: decides which configs validate (see `basalt_config::Mode`).
     pub platform: basalt_config::Mode,
+    /// The kernel's block device directory ("/sys/block" on a node).
+    pub sys_block: PathBuf,
 }
 
 impl ApiConfig {
@@ -111,6 +114,7 @@ impl ApiConfig {
             files_root: PathBuf::from("/"),
             kmsg_path: PathBuf::from("/dev/kmsg"),
             platform,
+            sys_block: PathBuf::from("/sys/block"),
         }
     }
 }
@@ -144,6 +148,7 @@ struct Shared {
     files_root: PathBuf,
     kmsg_path: PathBuf,
     platform: basalt_config::Mode,
+    sys_block: PathBuf,
     maintenance: bool,
 }
 
@@ -189,6 +194,7 @@ pub async fn start(
         files_root: config.files_root,
         kmsg_path: config.kmsg_path,
         platform: config.platform,
+        sys_block: config.sys_block,
         maintenance: fingerprint.is_some(),
     });
     let acceptor = TlsAcceptor::from(Arc::new(server_config));
@@ -469,7 +475,12 @@ async fn dispatch(
         Endpoint::Addresses => ok(&node.addresses()?),
         Endpoint::Routes => ok(&node.routes()?),
         Endpoint::Resolvers => ok(&node.resolvers()?),
-        Endpoint::Disks => ok(&node.disks()?),
+        Endpoint::Disks => ok(&sysfs::disks(&shared.sys_block).map_err(|e| {
+            HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("listing {}: {e}", shared.sys_block.display()),
+            )
+        })?),
         Endpoint::Reboot => ok(&ActionAccepted {
             message: node.reboot()?,
         }),

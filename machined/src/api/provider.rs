@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use basalt_api::{
-    ApplyConfigResponse, ApplyMode, Disk, Event, Health, Link, LogLine, Resolvers, Route,
-    ServiceAction, ServiceStatus,
+    ApplyConfigResponse, ApplyMode, Event, Health, Link, LogLine, Resolvers, Route, ServiceAction,
+    ServiceStatus,
 };
 use basalt_config::MachineConfig;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -100,11 +100,6 @@ pub trait NodeState: Send + Sync + 'static {
     }
     fn resolvers(&self) -> Result<Resolvers, ProviderError> {
         Err(ProviderError::NotImplemented { what: "resolvers" })
-    }
-    fn disks(&self) -> Result<Vec<Disk>, ProviderError> {
-        Err(ProviderError::NotImplemented {
-            what: "the disk list",
-        })
     }
     /// Ask the sequencer to stop services and reboot; returns once the request is queued.
     fn reboot(&self) -> Result<String, ProviderError> {

@@ -162,6 +162,7 @@ async fn start_server(mode: ApiMode, node: Arc<dyn NodeState>) -> Harness {
         files_root: files.path().to_owned(),
         kmsg_path: PathBuf::from("/dev/kmsg"),
         platform: basalt_config::Mode::Metal,
+        sys_block: PathBuf::from("/sys/block"),
     };
     let api = start(config, node, sink).await.unwrap();
     Harness {
@@ -237,9 +238,10 @@ async fn admin_reads_state_acts_and_applies() {
     assert_eq!(answer.mode, ApplyMode::Staged);
     assert_eq!(*h.stored.lock().unwrap(), vec![(doc, ApplyMode::Staged)]);
 
+    let disks = admin.disks().await.unwrap();
+    assert!(disks.iter().all(|d| d.path.starts_with("/dev/")));
     // What no module provides yet is an explicit 501, never made-up data.
-    let disks = admin.disks().await.unwrap_err();
-    assert_eq!(status(disks), 501);
+    assert_eq!(status(admin.links().await.unwrap_err()), 501);
     let health = admin.health().await.unwrap_err();
     assert_eq!(status(health), 501);
 }
