@@ -138,7 +138,16 @@ impl MachineConfig {
         }
         match detect_format(text) {
             Format::Yaml => MachineConfig::from_yaml(text),
-            Format::Json => MachineConfig::from_json(text),
+            // `{` may also open a YAML flow mapping (`{version: v1alpha1, ...}`), which
+            // is not JSON; when the text is valid YAML, read it as such, otherwise the
+            // JSON error is the one that helps.
+            Format::Json => match json_tree(text) {
+                Ok(tree) => json_value_to(tree),
+                Err(json_error) => match serde_yaml::from_str::<serde_yaml::Value>(text) {
+                    Ok(tree) => from_tree(tree),
+                    Err(_) => Err(json_error),
+                },
+            },
             Format::Ignition => ignition::import(text),
         }
     }

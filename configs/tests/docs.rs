@@ -87,3 +87,84 @@ fn reference_lists_exactly_the_model_fields() {
         "reference.rs documents fields the model (or reference-every-field.yaml) lacks: {stale:?}"
     );
 }
+
+/// The defaults the reference states are the ones the model applies.
+#[test]
+fn documented_defaults_are_the_model_defaults() {
+    let minimal = std::fs::read_to_string(format!(
+        "{}/tests/data/minimal-defaults.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let config = MachineConfig::from_yaml(&minimal).unwrap();
+    let default = |path: &str| {
+        FIELDS
+            .iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("{path} is not documented"))
+            .default
+    };
+    let list = |items: &[basalt_config::Cidr]| {
+        format!(
+            "[{}]",
+            items
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let c = &config.cluster;
+    assert_eq!(
+        default("cluster.kubernetesVersion"),
+        c.kubernetes_version.as_str()
+    );
+    assert_eq!(
+        default("cluster.network.podSubnets"),
+        list(&c.network.pod_subnets)
+    );
+    assert_eq!(
+        default("cluster.network.serviceSubnets"),
+        list(&c.network.service_subnets)
+    );
+    assert_eq!(
+        default("cluster.network.dnsDomain"),
+        c.network.dns_domain.as_str()
+    );
+    assert_eq!(default("cluster.network.cni"), "{name: flannel}");
+    assert_eq!(c.network.cni.name, basalt_config::CniName::Flannel);
+    assert_eq!(default("cluster.network.cni.name"), "flannel");
+    assert_eq!(default("cluster.sandboxImage"), c.sandbox_image.as_str());
+    assert_eq!(default("cluster.coreDNS.image"), c.core_dns_image());
+    let versioned = |path: &str| default(path).replace("<kubernetesVersion>", "v1.31.2");
+    assert_eq!(versioned("cluster.apiServer.image"), c.api_server_image());
+    assert_eq!(
+        versioned("cluster.controllerManager.image"),
+        c.controller_manager_image()
+    );
+    assert_eq!(versioned("cluster.scheduler.image"), c.scheduler_image());
+    assert_eq!(versioned("cluster.proxy.image"), c.proxy_image());
+    assert_eq!(
+        default("machine.files[].permissions"),
+        config.machine.files[0].permissions.to_string()
+    );
+    let falses = [
+        (
+            "machine.install.wipe",
+            config.machine.install.as_ref().unwrap().wipe,
+        ),
+        (
+            "machine.network.interfaces[].dhcp",
+            config.machine.network.interfaces[0].dhcp,
+        ),
+        ("cluster.proxy.disabled", c.proxy.disabled),
+        (
+            "cluster.allowSchedulingOnControlPlanes",
+            c.allow_scheduling_on_control_planes,
+        ),
+    ];
+    for (path, value) in falses {
+        assert_eq!(default(path), "false", "{path}");
+        assert!(!value, "{path}");
+    }
+}

@@ -170,3 +170,16 @@ fn accepted_spellings_are_normalised() {
         data("controlplane.yaml").replace("52:54:00:12:34:56", "52:54:00:12:34:5a")
     );
 }
+
+#[test]
+fn yaml_flow_mapping_is_not_mistaken_for_json() {
+    let json = MachineConfig::from_yaml(&data("worker.yaml")).unwrap().to_json();
+    let tree: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // serde_json writes valid JSON; strip the quotes from keys to make it YAML-only.
+    let flow = tree.to_string().replace("\"version\":", "version: ");
+    assert!(serde_json::from_str::<serde_json::Value>(&flow).is_err());
+    assert_eq!(
+        MachineConfig::parse(flow.as_bytes()).unwrap(),
+        MachineConfig::from_json(&json).unwrap()
+    );
+}
