@@ -51,6 +51,27 @@ impl Harness {
     }
 }
 
+/// A test that panics never reaches `finish`: kill whatever it left running and remove
+/// its cgroups, so a failure does not leak processes (containerd) or directories.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.cgroup_root) else {
+            return;
+        };
+        for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+            let cg = entry.path();
+            let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+            for _ in 0..100 {
+                if std::fs::remove_dir(&cg).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = std::fs::remove_dir(&self.cgroup_root);
+    }
+}
+
 fn name(s: &str) -> ServiceName {
     ServiceName::new(s).unwrap()
 }
