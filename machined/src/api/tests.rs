@@ -111,6 +111,9 @@ impl NodeState for TestNode {
             live: follow.then(|| self.log_tx.subscribe()),
         })
     }
+    fn active_config(&self) -> Result<basalt_config::MachineConfig, ProviderError> {
+        Ok(basalt_config::MachineConfig::from_yaml(&data("api-apply-controlplane.yaml")).unwrap())
+    }
     fn reboot(&self) -> Result<String, ProviderError> {
         self.actions.lock().unwrap().push("reboot".into());
         Ok("rebooting".into())
@@ -488,4 +491,24 @@ fn query_values_are_decoded() {
     assert!(q.follow().unwrap());
     assert!(Query::parse("follow=maybe").unwrap().follow().is_err());
     assert_eq!(percent_decode("100%"), "100%");
+}
+
+#[tokio::test]
+async fn the_config_leaves_the_node_only_redacted() {
+    let pki = pki();
+    let h = configured(&pki, TestNode::new()).await;
+    let reader = client(&h, &pki.ca, &pki.reader);
+    let doc = reader.config().await.unwrap().config;
+    assert!(!doc.contains("PRIVATE KEY"), "{doc}");
+    assert!(
+        !doc.contains("0123456789abcdef"),
+        "the bootstrap token leaked"
+    );
+    assert!(doc.contains("******"));
+    // Still the same config apart from its secrets.
+    let back = basalt_config::MachineConfig::from_yaml(&doc).unwrap();
+    assert_eq!(
+        back.machine.hostname.map(|h| h.to_string()).as_deref(),
+        Some("cp-1")
+    );
 }
