@@ -16,6 +16,7 @@ mod sequencer;
 mod services;
 mod shutdown;
 mod sysctl;
+mod time;
 
 use std::sync::Arc;
 use std::time::Duration;

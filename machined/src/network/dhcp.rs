@@ -3,6 +3,7 @@
 //! SO_BROADCAST, port 68) and receives through an AF_PACKET socket, because a link
 //! without an address drops broadcast replies under rp_filter before UDP sees them.
 
+use crate::log::{info, warning};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -411,7 +412,7 @@ impl Client {
         let sockets = match Sockets::open(&self.link, self.index) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("network: DHCP on {} cannot start: {e}", self.link);
+                warning!("network: DHCP on {} cannot start: {e}", self.link);
                 self.shared.writer.set_dhcp(&self.link, DhcpStatus::Stopped);
                 if let Some(f) = first.take() {
                     let _ = f.send(false);
@@ -449,7 +450,7 @@ impl Client {
                         .send(&release(xid, self.mac, &lease), lease.server)
                         .await
                     {
-                        eprintln!("network: DHCP release on {} failed: {e}", self.link);
+                        warning!("network: DHCP release on {} failed: {e}", self.link);
                     }
                     self.unbind(&lease).await;
                     break;
@@ -480,9 +481,10 @@ impl Client {
                 return Outcome::Shutdown;
             }
             if first.is_some() && started.elapsed() >= first_wait {
-                eprintln!(
+                warning!(
                     "network: no DHCP lease on {} after {:?}; boot continues, retrying in the background",
-                    self.link, first_wait
+                    self.link,
+                    first_wait
                 );
                 if let Some(f) = first.take() {
                     let _ = f.send(false);
@@ -533,7 +535,7 @@ impl Client {
                 r = tokio::time::timeout(budget, attempt) => match r {
                     Ok(Ok(Some(lease))) => {
                         if let Err(e) = self.bind(&lease).await {
-                            eprintln!("network: applying DHCP lease on {}: {e}", self.link);
+                            warning!("network: applying DHCP lease on {}: {e}", self.link);
                             tokio::time::sleep(wait).await;
                             continue;
                         }
@@ -541,7 +543,7 @@ impl Client {
                     }
                     Ok(Ok(None)) | Err(_) => {}
                     Ok(Err(e)) => {
-                        eprintln!("network: DHCP on {}: {e}", self.link);
+                        warning!("network: DHCP on {}: {e}", self.link);
                         tokio::time::sleep(wait.min(budget)).await;
                     }
                 },
@@ -607,17 +609,17 @@ impl Client {
                         Ok(Some(reply)) => match reply_type(&reply, xid, self.mac) {
                             Some(MessageType::Ack) => match Lease::from_reply(&reply, &self.link) {
                                 Ok(new) => renewed = Some(new),
-                                Err(e) => eprintln!("network: DHCP on {}: {e}", self.link),
+                                Err(e) => warning!("network: DHCP on {}: {e}", self.link),
                             },
                             Some(MessageType::Nak) => {
-                                eprintln!("network: DHCP server refused to extend {} on {}", lease.address, self.link);
+                                warning!("network: DHCP server refused to extend {} on {}", lease.address, self.link);
                                 self.unbind(&lease).await;
                                 return None;
                             }
                             _ => {}
                         },
                         Ok(None) => {}
-                        Err(e) => eprintln!("network: DHCP on {}: {e}", self.link),
+                        Err(e) => warning!("network: DHCP on {}: {e}", self.link),
                     },
                     _ = shutdown.changed() => return Some(lease),
                 }
@@ -636,15 +638,16 @@ impl Client {
                         self.unbind(&lease).await;
                     }
                     if let Err(e) = self.bind(&new).await {
-                        eprintln!("network: applying renewed DHCP lease on {}: {e}", self.link);
+                        warning!("network: applying renewed DHCP lease on {}: {e}", self.link);
                     }
                     lease = new;
                     since = tokio::time::Instant::now();
                 }
                 None => {
-                    eprintln!(
+                    warning!(
                         "network: DHCP lease {} on {} expired",
-                        lease.address, self.link
+                        lease.address,
+                        self.link
                     );
                     self.unbind(&lease).await;
                     return None;
@@ -688,7 +691,7 @@ impl Client {
         for route in &self.routes_after_dhcp {
             nl.replace_route(self.index, &self.link, route).await?;
         }
-        eprintln!(
+        info!(
             "network: DHCP lease {} on {} from {} for {:?}",
             lease.address, self.link, lease.server, lease.lease_time
         );
@@ -709,7 +712,7 @@ impl Client {
             .delete_address(self.index, &self.link, IpNet::V4(lease.address))
             .await
         {
-            eprintln!("network: removing DHCP address from {}: {e}", self.link);
+            warning!("network: removing DHCP address from {}: {e}", self.link);
         }
         self.shared
             .writer

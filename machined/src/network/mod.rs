@@ -15,6 +15,7 @@ pub mod state;
 #[cfg(test)]
 mod tests_netns;
 
+use crate::log::warning;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -179,7 +180,7 @@ impl Shared {
     /// Failures are logged, not returned: a DHCP renewal must not die on a full /etc.
     pub(crate) async fn publish(&self) {
         if let Err(e) = self.try_publish().await {
-            eprintln!("network: publishing state: {e}");
+            warning!("network: publishing state: {e}");
         }
     }
 
@@ -306,7 +307,7 @@ pub async fn configure(intent: &Intent, options: &Options) -> Result<Network, Ne
     let mut firsts = Vec::new();
     for link in shared.plan.dhcp_links() {
         let Some(mac) = link.mac else {
-            eprintln!(
+            warning!(
                 "network: {} has no Ethernet address; DHCP skipped",
                 link.name
             );
@@ -331,7 +332,7 @@ pub async fn configure(intent: &Intent, options: &Options) -> Result<Network, Ne
     for (name, rx) in firsts {
         match rx.await {
             Ok(true) => {}
-            _ => eprintln!("network: {name} has no DHCP lease yet"),
+            _ => warning!("network: {name} has no DHCP lease yet"),
         }
     }
     shared.publish().await;

@@ -588,3 +588,107 @@ fn configure_future_is_send() {
     let shutdown_of = |n: Network| n.shutdown();
     let _ = shutdown_of;
 }
+
+#[test]
+fn maintenance_mode_runs_dhcp_on_links_sysfs_calls_physical() {
+    let (server, client) = dhcp_pair("maint");
+    let _dnsmasq = Dnsmasq::start(
+        &server,
+        "ds0",
+        &[
+            "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,10m",
+            "--dhcp-option=option:router,10.99.0.1",
+        ],
+    );
+    // The test namespace's veth has no device; a stand-in /sys/class/net says dc0 has one.
+    let sys = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(sys.path().join("dc0/device")).unwrap();
+    // A second virtual link must be ignored by maintenance mode.
+    client.ip(&["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"]);
+    let etc = tempfile::tempdir().unwrap();
+    let mut o = opts(etc.path());
+    o.sys_class_net = sys.path().to_owned();
+    client.run(|| async move {
+        let network = configure(&Intent::Maintenance, &o).await.unwrap();
+        let names: Vec<&str> = network
+            .plan()
+            .links
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["lo", "dc0"]);
+        let snap = network.state().snapshot();
+        let lease = snap.leases().next().expect("maintenance mode got no lease");
+        assert_eq!(lease.link, "dc0");
+        assert!(
+            snap.links
+                .iter()
+                .filter(|l| l.name.starts_with("vx"))
+                .all(|l| !l.up),
+            "virtual links stay down in maintenance mode"
+        );
+        network.shutdown().await;
+    });
+}
+
+#[test]
+fn dhcp_nak_on_renewal_drops_the_address_and_starts_over() {
+    let (server, client) = dhcp_pair("nak");
+    let first_server = Dnsmasq::start(
+        &server,
+        "ds0",
+        &[
+            "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m",
+            "--dhcp-option=option:T1,3",
+            "--dhcp-option=option:T2,100",
+        ],
+    );
+    let etc = tempfile::tempdir().unwrap();
+    let etc_path = etc.path().to_owned();
+    let server_name = server.name.clone();
+    client.run(|| async move {
+        let network = configure(&dhcp_intent(), &opts(&etc_path)).await.unwrap();
+        let state = network.state();
+        let first = state
+            .snapshot()
+            .leases()
+            .next()
+            .cloned()
+            .expect("no first lease");
+        // The network is renumbered: an authoritative server that does not know the old
+        // address must NAK the renewal.
+        drop(first_server);
+        let server = Netns {
+            name: server_name.clone(),
+        };
+        let _second = Dnsmasq::start(
+            &server,
+            "ds0",
+            &["--dhcp-range=10.99.0.100,10.99.0.110,255.255.255.0,2m"],
+        );
+        std::mem::forget(server); // owned by the outer scope, which deletes it
+        let mut moved = None;
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Some(l) = state.snapshot().leases().next()
+                && l.address != first.address
+            {
+                moved = Some(l.clone());
+                break;
+            }
+        }
+        let moved = moved.expect("client did not move to the new range after a NAK");
+        let IpAddr::V4(ip) = moved.address.addr() else {
+            panic!()
+        };
+        assert!((100..=110).contains(&ip.octets()[3]), "{ip}");
+        let nl = Netlink::connect().unwrap();
+        let addrs = nl.addresses().await.unwrap();
+        assert!(
+            addrs.iter().all(|a| a.address != first.address),
+            "the NAKed address is still installed: {addrs:#?}"
+        );
+        assert!(addrs.iter().any(|a| a.address == moved.address));
+        network.shutdown().await;
+    });
+}

@@ -5,6 +5,7 @@
 // The sequencer starts the time sync; until it is wired in parts stay unused.
 #![allow(dead_code)]
 
+use crate::log::{info, warning};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -397,7 +398,7 @@ pub fn spawn(options: SyncOptions) -> TimeSync {
     }));
     let (shutdown, mut rx) = watch::channel(false);
     if options.servers.is_empty() {
-        eprintln!("time: no time servers configured; clock left as the firmware set it");
+        info!("time: no time servers configured; clock left as the firmware set it");
         return TimeSync {
             status,
             shutdown,
@@ -423,7 +424,7 @@ pub fn spawn(options: SyncOptions) -> TimeSync {
                         match applied {
                             Ok(()) => {
                                 if !g.synced {
-                                    eprintln!(
+                                    info!(
                                         "time: synced with {} (offset {} ms)",
                                         sample.server,
                                         sample.offset_nanos / 1_000_000
@@ -436,14 +437,14 @@ pub fn spawn(options: SyncOptions) -> TimeSync {
                                 options.interval
                             }
                             Err(e) => {
-                                eprintln!("time: {e}");
+                                warning!("time: {e}");
                                 g.last_error = Some(e.to_string());
                                 options.retry
                             }
                         }
                     }
                     Err(e) => {
-                        eprintln!("time: {e}");
+                        warning!("time: {e}");
                         g.last_error = Some(e.to_string());
                         options.retry
                     }
