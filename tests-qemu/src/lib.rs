@@ -21,6 +21,7 @@
 
 mod accel;
 mod console;
+mod overlay;
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, TcpListener};
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 
 pub use accel::{Accel, detect_accel};
 pub use console::ConsoleLog;
+pub use overlay::{OverlayFile, initrd_with_overlay, newc_archive};
 /// Re-exported so tests can run host commands (image builds) with the same version.
 pub use xshell;
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use basalt_tests_qemu::{Qemu, RunningQemu, image_dir};
+use basalt_tests_qemu::{OverlayFile, Qemu, RunningQemu, image_dir, initrd_with_overlay};
 
 /// TCG is slow and CI machines are busy: generous, but a hung boot still ends.
 const STEP: Duration = Duration::from_secs(240);
@@ -108,4 +108,51 @@ fn ctrl_alt_del_reboots_gracefully() {
         .wait_for_exit(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "QEMU exit status {status}");
+}
+
+/// A broken image fails loudly: init names the failing step and its error, waits
+/// basalt.panic_reboot seconds and reboots (QEMU exits with -no-reboot) instead of
+/// returning from PID 1, which would be a kernel panic without a word of why.
+/// The rootfs.sqsh of the real image is replaced through an initramfs overlay.
+#[test]
+fn a_broken_rootfs_is_reported_and_the_node_reboots() {
+    let dir = image_dir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let initrd = initrd_with_overlay(
+        &dir.join("initramfs.zst"),
+        &[OverlayFile {
+            path: "rootfs.sqsh",
+            mode: 0o644,
+            content: &[0x55; 8192],
+        }],
+        &work.path().join("initramfs-broken"),
+    )
+    .unwrap();
+    let mut vm = Qemu::builder()
+        .kernel(dir.join("vmlinuz"))
+        .initrd(&initrd)
+        .append("basalt.panic_reboot=2")
+        .memory_mib(1536)
+        .no_reboot()
+        .spawn()
+        .unwrap();
+    let lines = expect_in_order(
+        &mut vm,
+        &[
+            "basalt-init: attached /rootfs.sqsh to /dev/loop",
+            "basalt-init: FATAL: mounting squashfs on /newroot: ",
+            "basalt-init: rebooting in 2 s",
+        ],
+    );
+    let status = vm
+        .wait_for_exit(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "QEMU exit status {status}: {}", lines[1]);
+    let console = vm.console_output().unwrap();
+    assert!(console.contains("reboot: Restarting system"), "{console}");
+    assert!(!console.contains("Kernel panic"), "{console}");
+    assert!(
+        !console.contains("machined:"),
+        "machined must not start:\n{console}"
+    );
 }
