@@ -48,6 +48,11 @@ struct Inner {
 #[derive(Default)]
 pub struct ChildExits {
     inner: Mutex<Inner>,
+    /// Held by the supervisor across `Command::spawn`, and by the reaper across each
+    /// `waitpid(-1)` sweep. When exec fails, std's `spawn` waits for the failed child
+    /// itself and panics if that child was already reaped: a race only a reaper running
+    /// on another thread can win, and which this lock rules out.
+    spawning: Mutex<()>,
 }
 
 impl ChildExits {
@@ -72,6 +77,16 @@ impl ChildExits {
             status,
             at: Instant::now(),
         });
+    }
+
+    /// Taken by the reaper around each `waitpid(-1)` sweep (see the `spawning` field).
+    pub fn reaping_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.spawning)
+    }
+
+    /// Taken by the supervisor around `spawn`.
+    pub(crate) fn spawn_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.spawning)
     }
 
     /// Resolves with `pid`'s exit status. `spawned_at` is taken just before the fork: an

@@ -330,7 +330,13 @@ fn spawn_process(
         let _ = cg.kill_all();
     }
     let spawned_at = Instant::now();
-    let mut child = match build_command(command, cgroup.as_ref().map(|(_, fd)| fd)).spawn() {
+    let spawn_lock = match &shared.config.reaping {
+        Reaping::External(exits) => Some(exits.spawn_lock()),
+        Reaping::Direct => None,
+    };
+    let spawned = build_command(command, cgroup.as_ref().map(|(_, fd)| fd)).spawn();
+    drop(spawn_lock);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
             // Nothing ran in it; do not leave an empty cgroup behind.

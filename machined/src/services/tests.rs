@@ -733,16 +733,24 @@ async fn external_reaping_delivers_exits_through_child_exits() {
     spec.restart = RestartPolicy::Never;
     sup.register(spec).unwrap();
 
+    // A failed exec is waited for by std inside spawn (under the spawn lock), never by
+    // the reaper.
+    let mut spec = ServiceSpec::process(name("ghost"), ProcessCommand::new("/nonexistent/x"));
+    spec.restart = RestartPolicy::Never;
+    sup.register(spec).unwrap();
     let reaper_sup = sup.clone();
     let reaper = tokio::spawn(async move {
         loop {
-            for status in reaper_sup.statuses() {
-                let Some(pid) = status.pid else { continue };
-                let mut raw = 0;
-                // SAFETY: waitpid writes the status into our local.
-                let rc = unsafe { libc::waitpid(pid as i32, &mut raw, libc::WNOHANG) };
-                if rc == pid as i32 {
-                    exits.notify(rc, std::os::unix::process::ExitStatusExt::from_raw(raw));
+            {
+                let _sweep = exits.reaping_lock();
+                for status in reaper_sup.statuses() {
+                    let Some(pid) = status.pid else { continue };
+                    let mut raw = 0;
+                    // SAFETY: waitpid writes the status into our local.
+                    let rc = unsafe { libc::waitpid(pid as i32, &mut raw, libc::WNOHANG) };
+                    if rc == pid as i32 {
+                        exits.notify(rc, std::os::unix::process::ExitStatusExt::from_raw(raw));
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -752,6 +760,13 @@ async fn external_reaping_delivers_exits_through_child_exits() {
     let status = sup.wait_for("reaped", &[State::Failed], T).await.unwrap();
     assert_eq!(status.message, "exited with status 4; not restarting");
     sup.wait_for("stopped", &[State::Healthy], T).await.unwrap();
+    let ghost = sup.wait_for("ghost", &[State::Failed], T).await.unwrap();
+    assert!(
+        ghost
+            .message
+            .starts_with("could not start: /nonexistent/x: No such file"),
+        "{ghost:?}"
+    );
     sup.stop("stopped").await.unwrap();
     let log: Vec<String> = sup
         .logs("stopped", false)
