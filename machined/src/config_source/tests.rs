@@ -397,9 +397,13 @@ pub(crate) struct Loop {
 
 impl Loop {
     pub fn attach(file: &Path, partscan: bool) -> Loop {
+        Loop::attach_with_sector_size(file, partscan, 512)
+    }
+
+    pub fn attach_with_sector_size(file: &Path, partscan: bool, sector_size: u32) -> Loop {
         require_root();
         let mut cmd = std::process::Command::new("losetup");
-        cmd.args(["-f", "--show"]);
+        cmd.args(["-f", "--show", "--sector-size", &sector_size.to_string()]);
         if partscan {
             cmd.arg("-P");
         }

@@ -472,3 +472,45 @@ fn image_builder_disk_gets_state_and_ephemeral() {
     };
     assert!(read(&raw) == read(&lo.dev), "the ESP was modified");
 }
+
+#[test]
+fn four_k_sector_disk() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let n = node();
+    let file = n.tmp.path().join("4k.raw");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(512 * MIB)
+        .unwrap();
+    let lo = Loop::attach_with_sector_size(&file, true, 4096);
+    // The image's layout in 4 KiB sectors: EFI from 1 MiB, 32 MiB long.
+    let mut child = std::process::Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", lo.dev.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"label: gpt\nstart=256, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=EFI\n")
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let outcome = prepare_disk(&lo.dev, &n.paths).unwrap().unwrap();
+    assert!(matches!(outcome, DiskOutcome::Disk { ref created, .. } if created.len() == 2));
+    run("sfdisk", &["--verify", lo.dev.to_str().unwrap()]);
+    let t = &sfdisk_json(&lo.dev)["partitiontable"];
+    assert_eq!(t["sectorsize"], 4096);
+    let parts = t["partitions"].as_array().unwrap();
+    assert_eq!(parts[1]["name"], "STATE");
+    assert_eq!(parts[1]["start"], 33 * 256);
+    assert_eq!(parts[1]["size"], 100 * 256);
+    assert_eq!(parts[2]["name"], "EPHEMERAL");
+    assert_eq!(t["lastlba"], 512 * 256 - 6);
+    std::fs::write(n.paths.state_mount.join("x"), b"4k").unwrap();
+    unmount_all().unwrap();
+}
