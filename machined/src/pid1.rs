@@ -43,6 +43,9 @@ pub fn reap_now(exits: &ChildExits) -> usize {
 /// `which` is waitpid's first argument: -1 for any child (production); tests name their
 /// own child so they never steal other tests' children in the same process.
 fn reap(exits: &ChildExits, which: libc::pid_t) -> usize {
+    // std's spawn waits for a child whose exec failed; the supervisor holds this lock
+    // across spawn so the sweep cannot steal that status (see services::reaper).
+    let _sweep = exits.reaping_lock();
     let mut reaped = 0;
     loop {
         let mut status: libc::c_int = 0;
