@@ -692,3 +692,60 @@ fn dhcp_nak_on_renewal_drops_the_address_and_starts_over() {
         network.shutdown().await;
     });
 }
+
+#[test]
+fn dhcp_rebinds_by_broadcast_at_t2_when_the_server_is_gone() {
+    let (server, client) = dhcp_pair("rebind");
+    let first_server = Dnsmasq::start(
+        &server,
+        "ds0",
+        &[
+            "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m",
+            "--dhcp-option=option:T1,3",
+            "--dhcp-option=option:T2,6",
+        ],
+    );
+    let etc = tempfile::tempdir().unwrap();
+    let etc_path = etc.path().to_owned();
+    let server_name = server.name.clone();
+    client.run(|| async move {
+        let network = configure(&dhcp_intent(), &opts(&etc_path)).await.unwrap();
+        let state = network.state();
+        let first = state
+            .snapshot()
+            .leases()
+            .next()
+            .cloned()
+            .expect("no first lease");
+        assert_eq!(first.server, std::net::Ipv4Addr::new(10, 99, 0, 1));
+        // The server moves to another address: unicast renewals to 10.99.0.1 go
+        // unanswered, only the broadcast at T2 reaches it.
+        drop(first_server);
+        let server = Netns { name: server_name };
+        server.ip(&["addr", "del", "10.99.0.1/24", "dev", "ds0"]);
+        server.ip(&["addr", "add", "10.99.0.2/24", "dev", "ds0"]);
+        let _second = Dnsmasq::start(
+            &server,
+            "ds0",
+            &["--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m"],
+        );
+        std::mem::forget(server); // owned by the outer scope, which deletes it
+        let mut rebound = None;
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let snap = state.snapshot();
+            if let Some((_, DhcpStatus::Bound { lease })) = snap.dhcp.first()
+                && lease.server == std::net::Ipv4Addr::new(10, 99, 0, 2)
+            {
+                rebound = Some(lease.clone());
+                break;
+            }
+        }
+        let rebound = rebound.expect("lease was not rebound with the moved server");
+        assert_eq!(
+            rebound.address, first.address,
+            "rebinding keeps the address"
+        );
+        network.shutdown().await;
+    });
+}
