@@ -259,12 +259,10 @@ fn parse_stanza(stanza: &str) -> BTreeMap<String, String> {
     let mut current: Option<String> = None;
     for line in stanza.lines() {
         if line.starts_with([' ', '\t']) {
-            if let Some(key) = &current {
-                if let Some(v) = fields.get_mut(key) {
-                    let v: &mut String = v;
-                    v.push(' ');
-                    v.push_str(line.trim());
-                }
+            if let Some(v) = current.as_ref().and_then(|key| fields.get_mut(key)) {
+                let v: &mut String = v;
+                v.push(' ');
+                v.push_str(line.trim());
             }
         } else if let Some((k, v)) = line.split_once(':') {
             fields.insert(k.to_owned(), v.trim().to_owned());

@@ -57,8 +57,7 @@ fn pad_data(out: &mut impl Write, len: usize) -> std::io::Result<()> {
 /// Write `tree` as a newc archive (with the `TRAILER!!!` entry).
 pub fn write(tree: &Tree, mtime: u64, out: &mut impl Write) -> Result<(), CpioError> {
     let mtime = u32::try_from(mtime).unwrap_or(u32::MAX);
-    let mut ino = 1u32;
-    for (path, node) in &tree.nodes {
+    for (ino, (path, node)) in (1u32..).zip(tree.nodes.iter()) {
         let name = &path[1..];
         match node {
             Node::Dir { mode } => {
@@ -131,7 +130,6 @@ pub fn write(tree: &Tree, mtime: u64, out: &mut impl Write) -> Result<(), CpioEr
                 )?;
             }
         }
-        ino += 1;
     }
     header(
         out,

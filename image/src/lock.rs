@@ -284,17 +284,15 @@ fn pick_alternative(
     let mut excluded = Vec::new();
     // An alternative already in the closure satisfies the group without adding anything.
     for atom in group {
-        if let Some((v, _)) = chosen.get(&atom.name) {
-            if atom.admits(v) {
-                return Pick::Satisfied;
-            }
+        if chosen.get(&atom.name).is_some_and(|(v, _)| atom.admits(v)) {
+            return Pick::Satisfied;
         }
-        if atom.constraint.is_none() {
-            if let Some(providers) = index.providers.get(&atom.name) {
-                if providers.iter().any(|(p, _)| chosen.contains_key(p)) {
-                    return Pick::Satisfied;
-                }
-            }
+        let provided = index
+            .providers
+            .get(&atom.name)
+            .is_some_and(|ps| ps.iter().any(|(p, _)| chosen.contains_key(p)));
+        if atom.constraint.is_none() && provided {
+            return Pick::Satisfied;
         }
     }
     for atom in group {

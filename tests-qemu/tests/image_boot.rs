@@ -33,7 +33,11 @@ fn esp_dir(disk: &Path, dir: &str) -> Vec<String> {
         .env("MTOOLS_SKIP_CHECK", "1")
         .output()
         .expect("running mdir (apt-get install mtools)");
-    assert!(out.status.success(), "mdir {dir}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mdir {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.rsplit('/').next().map(str::to_owned))
@@ -46,10 +50,16 @@ fn pxe_bundle_boots_into_basalt_init_with_the_image_cmdline() {
     let dir = image_dir_with(&["vmlinuz", "initramfs.zst", "cmdline", "boot.ipxe"]).unwrap();
     let cmdline = std::fs::read_to_string(dir.join("cmdline")).unwrap();
     let cmdline = cmdline.trim();
-    assert!(cmdline.ends_with("panic=10") && cmdline.contains("console=tty0 console=ttyS0"), "{cmdline}");
+    assert!(
+        cmdline.ends_with("panic=10") && cmdline.contains("console=tty0 console=ttyS0"),
+        "{cmdline}"
+    );
     let ipxe = std::fs::read_to_string(dir.join("boot.ipxe")).unwrap();
     assert!(ipxe.starts_with("#!ipxe\n"), "{ipxe}");
-    assert!(ipxe.contains(&format!("kernel vmlinuz {cmdline}\n")), "{ipxe}");
+    assert!(
+        ipxe.contains(&format!("kernel vmlinuz {cmdline}\n")),
+        "{ipxe}"
+    );
     assert!(ipxe.contains("initrd initramfs.zst\n"), "{ipxe}");
 
     let mut vm = Qemu::builder()
@@ -60,9 +70,11 @@ fn pxe_bundle_boots_into_basalt_init_with_the_image_cmdline() {
         .no_reboot()
         .spawn()
         .unwrap();
-    vm.wait_for_console(&banner(), BOOT).unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_console(&banner(), BOOT)
+        .unwrap_or_else(|e| panic!("{e}"));
     // The rootfs inside the initramfs is the one the kernel modules come from.
-    vm.wait_for_console("basalt-init: rootfs mounted", BOOT).unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_console("basalt-init: rootfs mounted", BOOT)
+        .unwrap_or_else(|e| panic!("{e}"));
     vm.kill();
 }
 
@@ -80,10 +92,18 @@ fn raw_disk_boots_through_systemd_boot_and_counts_the_try() {
     let boot = esp_dir(&disk, "EFI/BOOT");
     assert_eq!(boot, ["BOOTX64.EFI"], "{boot:?}");
 
-    let mut vm = Qemu::builder().ovmf(OVMF_CODE, &vars).disk(&disk).memory_mib(1024).no_reboot().spawn().unwrap();
+    let mut vm = Qemu::builder()
+        .ovmf(OVMF_CODE, &vars)
+        .disk(&disk)
+        .memory_mib(1024)
+        .no_reboot()
+        .spawn()
+        .unwrap();
     // The kernel only got this far through the UKI's own .cmdline (no -append here).
-    vm.wait_for_console("basalt.platform=metal", BOOT).unwrap_or_else(|e| panic!("{e}"));
-    vm.wait_for_console(&banner(), BOOT).unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_console("basalt.platform=metal", BOOT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_console(&banner(), BOOT)
+        .unwrap_or_else(|e| panic!("{e}"));
     vm.kill();
 
     // systemd-boot renamed the entry before starting it: one try used, two left.
