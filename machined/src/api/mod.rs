@@ -106,10 +106,11 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
-    /// The node's settings: every address, port 50000, the real /var, /etc and /dev/kmsg.
+    /// The node's settings: every address (IPv6 and, dual-stack, IPv4; IPv4 alone when the
+    /// kernel has no IPv6), port 50000, the real /var, /etc, /dev/kmsg and /sys/block.
     pub fn node(mode: ApiMode, platform: basalt_config::Mode) -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], API_PORT)),
+            listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, API_PORT)),
             mode,
             files_root: PathBuf::from("/"),
             kmsg_path: PathBuf::from("/dev/kmsg"),
@@ -175,12 +176,7 @@ pub async fn start(
             (c, Some(fp))
         }
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ApiError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind(config.listen).await?;
     let local_addr = listener.local_addr().map_err(|source| ApiError::Bind {
         addr: config.listen,
         source,
@@ -204,6 +200,24 @@ pub async fn start(
         fingerprint,
         task,
     })
+}
+
+/// Binds `addr`; the IPv6 wildcard falls back to the IPv4 one on a kernel without IPv6
+/// (`ipv6.disable=1`), so the API is reachable either way.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e)
+            if addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                && e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+        {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            TcpListener::bind(v4)
+                .await
+                .map_err(|source| ApiError::Bind { addr: v4, source })
+        }
+        Err(source) => Err(ApiError::Bind { addr, source }),
+    }
 }
 
 async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {

@@ -512,3 +512,19 @@ async fn the_config_leaves_the_node_only_redacted() {
         Some("cp-1")
     );
 }
+
+#[tokio::test]
+async fn the_node_listener_is_dual_stack() {
+    // Port 0 instead of 50000: the node settings otherwise.
+    let mut config = ApiConfig::node(ApiMode::Maintenance, basalt_config::Mode::Metal);
+    config.listen.set_port(0);
+    let (sink, _rx) = config_channel();
+    let api = start(config, Arc::new(NothingWired), sink).await.unwrap();
+    let port = api.local_addr().port();
+    let fp = api.fingerprint().unwrap();
+    for host in ["127.0.0.1", "[::1]"] {
+        let client = Client::new(&format!("{host}:{port}"), &ClientTls::Pinned(fp)).unwrap();
+        assert!(client.version().await.unwrap().maintenance, "{host}");
+    }
+    api.stop();
+}
