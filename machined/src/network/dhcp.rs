@@ -95,12 +95,14 @@ impl Lease {
             Some(DhcpOption::DomainNameServer(d)) => d.clone(),
             _ => vec![],
         };
+        // Both end up in sethostname(2), /etc/hosts and resolv.conf: a server must not be
+        // able to smuggle lines or spaces into them.
         let hostname = match opts.get(OptionCode::Hostname) {
-            Some(DhcpOption::Hostname(h)) if !h.is_empty() => Some(h.clone()),
+            Some(DhcpOption::Hostname(h)) => dns_name(h),
             _ => None,
         };
         let domain = match opts.get(OptionCode::DomainName) {
-            Some(DhcpOption::DomainName(d)) if !d.is_empty() => Some(d.clone()),
+            Some(DhcpOption::DomainName(d)) => dns_name(d),
             _ => None,
         };
         let mtu = match opts.get(OptionCode::InterfaceMtu) {
@@ -129,6 +131,24 @@ impl Lease {
             metric: DHCP_ROUTE_METRIC,
         })
     }
+}
+
+/// A DHCP-supplied name, lowercased, if it is a valid DNS name (RFC 1123 labels); a
+/// trailing dot is tolerated. Anything else is dropped rather than repaired.
+pub fn dns_name(raw: &str) -> Option<String> {
+    let name = raw.trim_end_matches('.').to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    ok.then_some(name)
 }
 
 fn base(xid: u32, mac: Mac, ciaddr: Ipv4Addr, kind: MessageType) -> Message {
@@ -883,6 +903,37 @@ mod tests {
         assert_eq!(reply_type(&m, 5, Mac([0; 6])), None);
         let our_own_request = discover(5, MAC);
         assert_eq!(reply_type(&our_own_request, 5, MAC), None);
+    }
+
+    #[test]
+    fn hostile_or_malformed_names_from_dhcp_are_dropped() {
+        assert_eq!(
+            dns_name("Worker-7.Lab.Test."),
+            Some("worker-7.lab.test".into())
+        );
+        for bad in [
+            "",
+            "evil\n10.0.0.1 kubernetes",
+            "two words",
+            "-lead",
+            "trail-",
+            "a..b",
+            "under_score",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(dns_name(bad), None, "{bad:?}");
+        }
+        let m = ack(
+            1,
+            &[
+                DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 7, 0, 1)),
+                DhcpOption::AddressLeaseTime(100),
+                DhcpOption::Hostname("node\nnameserver 6.6.6.6".into()),
+                DhcpOption::DomainName("lab.test\nsearch evil".into()),
+            ],
+        );
+        let lease = Lease::from_reply(&m, "eth0").unwrap();
+        assert_eq!((lease.hostname, lease.domain), (None, None));
     }
 
     #[test]
