@@ -43,6 +43,18 @@ impl Filesystem {
     }
 }
 
+impl std::fmt::Display for Filesystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Filesystem::None => f.write_str("nothing (all zeros)"),
+            Filesystem::Ext4 { label } => write!(f, "ext4 labelled {label:?}"),
+            Filesystem::Vfat { label } => write!(f, "FAT labelled {label:?}"),
+            Filesystem::Iso9660 { label } => write!(f, "ISO 9660 labelled {label:?}"),
+            Filesystem::Unknown => f.write_str("data of an unknown kind"),
+        }
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .trim_end_matches(['\0', ' '])

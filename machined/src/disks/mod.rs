@@ -78,7 +78,7 @@ pub enum DiskError {
     #[error("partition {number} of {disk} did not appear in /dev after re-reading the table")]
     PartitionDeviceMissing { disk: String, number: u32 },
     #[error(
-        "{device} ({label}) holds {found:?}, not an ext4 filesystem labelled {label}; refusing to format over it"
+        "{device} ({label}) holds {found}, not an ext4 filesystem labelled {label}; refusing to format over it (zero its first MiB to have Basalt format it)"
     )]
     ForeignFilesystem {
         device: PathBuf,

@@ -260,6 +260,12 @@ fn interrupted_first_boot_formats_only_the_empty_partition() {
         ),
         "{err}"
     );
+    assert!(
+        err.to_string().contains(
+            "holds ext4 labelled \"precious\", not an ext4 filesystem labelled EPHEMERAL"
+        ),
+        "{err}"
+    );
     assert_eq!(blkid(&p3, "LABEL"), "precious");
     // STATE was mounted before EPHEMERAL was refused; shutdown still cleans up.
     unmount_all().unwrap();
