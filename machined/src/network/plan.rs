@@ -167,6 +167,16 @@ pub enum Intent {
     Configured(NetworkSpec),
 }
 
+impl Intent {
+    /// The sequencer's view: no config yet means maintenance mode.
+    pub fn from_config(config: Option<&basalt_config::MachineConfig>) -> Intent {
+        match config {
+            Some(c) => Intent::Configured(NetworkSpec::from_machine(&c.machine)),
+            None => Intent::Maintenance,
+        }
+    }
+}
+
 /// How a link came to exist, which decides whether maintenance mode runs DHCP on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -822,7 +832,10 @@ mod tests {
             "../../tests/data/network-static-and-mac.yaml"
         ))
         .unwrap();
-        let spec = NetworkSpec::from_machine(&cfg.machine);
+        assert_eq!(Intent::from_config(None), Intent::Maintenance);
+        let Intent::Configured(spec) = Intent::from_config(Some(&cfg)) else {
+            panic!("a config must give a configured intent")
+        };
         assert_eq!(spec.hostname.as_deref(), Some("cp-1"));
         assert_eq!(
             spec.nameservers,
