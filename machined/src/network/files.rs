@@ -55,6 +55,16 @@ pub fn render_hosts(hostname: Option<&str>, node_ip: Option<IpAddr>) -> String {
     s
 }
 
+/// Rewrites only when the content differs, so renewals do not churn /etc every few
+/// minutes. Returns whether it wrote.
+pub fn write_if_changed(path: &Path, contents: &str) -> Result<bool, NetworkError> {
+    if fs::read_to_string(path).is_ok_and(|old| old == contents) {
+        return Ok(false);
+    }
+    write_atomic(path, contents)?;
+    Ok(true)
+}
+
 pub fn write_atomic(path: &Path, contents: &str) -> Result<(), NetworkError> {
     let err = |source| NetworkError::WriteFile {
         path: path.to_owned(),
@@ -141,6 +151,16 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("resolv.conf")]);
+    }
+
+    #[test]
+    fn unchanged_content_is_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hosts");
+        assert!(write_if_changed(&p, "a\n").unwrap());
+        assert!(!write_if_changed(&p, "a\n").unwrap());
+        assert!(write_if_changed(&p, "b\n").unwrap());
+        assert_eq!(fs::read_to_string(&p).unwrap(), "b\n");
     }
 
     #[test]

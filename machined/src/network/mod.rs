@@ -152,6 +152,9 @@ pub struct Options {
     /// Set the kernel hostname (declared, else DHCP's). Off in tests, which share the
     /// host's UTS namespace.
     pub set_kernel_hostname: bool,
+    /// How stale the API's view of links, addresses and routes may get when others
+    /// (CNI, kube-proxy) change them.
+    pub refresh_interval: Duration,
 }
 
 impl Default for Options {
@@ -161,6 +164,7 @@ impl Default for Options {
             sys_class_net: PathBuf::from("/sys/class/net"),
             dhcp_wait: Duration::from_secs(30),
             set_kernel_hostname: true,
+            refresh_interval: Duration::from_secs(5),
         }
     }
 }
@@ -184,18 +188,30 @@ impl Shared {
         }
     }
 
-    async fn try_publish(&self) -> Result<(), NetworkError> {
+    /// Re-reads links, addresses and routes only; what the periodic refresher runs.
+    async fn refresh_kernel_view(&self) -> Result<(), NetworkError> {
         let _guard = self.publish_lock.lock().await;
+        self.read_kernel().await
+    }
+
+    async fn read_kernel(&self) -> Result<(), NetworkError> {
         let links = self.netlink.links().await?;
         let addresses = self.netlink.addresses().await?;
         let routes = self.netlink.routes().await?;
-        let mut leases: Vec<LeaseStatus> = Vec::new();
         self.writer.update(|s| {
             s.links = links;
             s.addresses = addresses;
             s.routes = routes;
-            leases = s.leases().cloned().collect();
         });
+        Ok(())
+    }
+
+    async fn try_publish(&self) -> Result<(), NetworkError> {
+        let _guard = self.publish_lock.lock().await;
+        self.read_kernel().await?;
+        let mut leases: Vec<LeaseStatus> = Vec::new();
+        self.writer
+            .update(|s| leases = s.leases().cloned().collect());
         let dhcp_dns: Vec<IpAddr> = leases
             .iter()
             .flat_map(|l| l.dns.iter().map(|d| IpAddr::V4(*d)))
@@ -222,11 +238,11 @@ impl Shared {
         } else {
             Vec::new()
         };
-        files::write_atomic(
+        files::write_if_changed(
             &self.options.etc_dir.join("resolv.conf"),
             &files::render_resolv_conf(&resolvers, &search),
         )?;
-        files::write_atomic(
+        files::write_if_changed(
             &self.options.etc_dir.join("hosts"),
             &files::render_hosts(hostname.as_deref(), node_ip),
         )?;
@@ -252,7 +268,8 @@ pub struct Network {
     shared: Arc<Shared>,
     state: NetworkState,
     shutdown: watch::Sender<bool>,
-    clients: Vec<JoinHandle<()>>,
+    /// DHCP clients and the kernel-view refresher.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Network {
@@ -265,16 +282,19 @@ impl Network {
         &self.shared.plan
     }
 
-    /// Re-reads links, addresses and routes so the snapshot shows changes made by
-    /// others (CNI, kube-proxy). The API may call it before answering.
+    /// Re-reads links, addresses and routes at once so the snapshot shows changes made
+    /// by others (CNI, kube-proxy); a background task does the same every
+    /// [`Options::refresh_interval`].
     pub async fn refresh(&self) {
-        self.shared.publish().await;
+        if let Err(e) = self.shared.refresh_kernel_view().await {
+            warning!("network: refreshing the kernel view: {e}");
+        }
     }
 
     /// Stops the DHCP clients; each releases its lease and removes its address.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for c in self.clients {
+        for c in self.tasks {
             let _ = c.await;
         }
     }
@@ -337,10 +357,25 @@ pub async fn configure(intent: &Intent, options: &Options) -> Result<Network, Ne
     }
     shared.publish().await;
 
+    let refresher = shared.clone();
+    let refresh_interval = options.refresh_interval;
+    let mut stop = shutdown_rx.clone();
+    clients.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(refresh_interval) => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = refresher.refresh_kernel_view().await {
+                warning!("network: refreshing the kernel view: {e}");
+            }
+        }
+    }));
+
     Ok(Network {
         state,
         shared,
         shutdown,
-        clients,
+        tasks: clients,
     })
 }

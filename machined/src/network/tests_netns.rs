@@ -96,6 +96,7 @@ fn opts(etc: &Path) -> Options {
         sys_class_net: PathBuf::from("/nonexistent"),
         dhcp_wait: Duration::from_secs(20),
         set_kernel_hostname: false,
+        refresh_interval: Duration::from_millis(200),
     }
 }
 
@@ -216,6 +217,27 @@ fn executor_applies_a_static_plan_and_reapplying_changes_nothing() {
         assert_eq!(again.links, snap.links);
         assert_eq!(again.addresses, snap.addresses);
         assert_eq!(again.routes, snap.routes);
+
+        // Someone else (a CNI plugin, say) adds an address: the background refresher
+        // shows it without anyone asking.
+        nl.replace_address(st0.index, "st0", net("10.55.0.9/24"), None)
+            .await
+            .unwrap();
+        let mut seen = false;
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if network
+                .state()
+                .snapshot()
+                .addresses
+                .iter()
+                .any(|a| a.address == net("10.55.0.9/24"))
+            {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "refresher did not pick up an external change");
         network.shutdown().await;
     });
 }
