@@ -96,6 +96,19 @@ pub fn write_error(line: &str) {
     }
 }
 
+/// For the panic path: writes straight to fresh /dev/kmsg and /dev/console handles,
+/// never through the sink's lock (the panic may have happened while it was held).
+pub fn emergency(line: &str) {
+    if let Ok(mut kmsg) = OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = kmsg.write_all(format!("<{ERR}>{line}\n").as_bytes());
+    }
+    if !kernel_echoes(ERR)
+        && let Ok(mut console) = OpenOptions::new().write(true).open("/dev/console")
+    {
+        let _ = console.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
 /// Closes the files so exec() does not leak them into machined.
 pub fn close() {
     if let Ok(mut sink) = SINK.lock() {

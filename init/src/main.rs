@@ -55,6 +55,12 @@ fn main() {
         error!("{}", InitError::NotPid1(pid));
         std::process::exit(1);
     }
+    // panic=abort would end PID 1 and the kernel would panic with no word of why; a
+    // bug must look like any other failure: a message, then a reboot.
+    std::panic::set_hook(Box::new(|info| {
+        log::emergency(&format!("basalt-init: FATAL: panic: {info}"));
+        reboot_after_delay()
+    }));
     match run() {
         Ok(never) => match never {},
         Err(e) => fatal(&e),
@@ -197,19 +203,25 @@ fn exec_machined() -> nix::Error {
 
 /// Prints the failure, waits so a human can read it, reboots. Never returns.
 fn fatal(e: &InitError) -> ! {
+    log::reopen();
+    error!("FATAL: {e}");
+    reboot_after_delay()
+}
+
+fn reboot_after_delay() -> ! {
     let delay = CMDLINE
         .get()
         .map_or(cmdline::DEFAULT_PANIC_REBOOT, |c| c.panic_reboot);
-    log::reopen();
-    error!("FATAL: {e}");
-    error!(
-        "rebooting in {} s (basalt.panic_reboot=<seconds> on the kernel command line changes this)",
+    log::emergency(&format!(
+        "basalt-init: rebooting in {} s (basalt.panic_reboot=<seconds> on the kernel command line changes this)",
         delay.as_secs()
-    );
+    ));
     std::thread::sleep(delay);
     nix::unistd::sync();
     let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
-    error!("reboot failed: {err:?}; halting here");
+    log::emergency(&format!(
+        "basalt-init: reboot failed: {err:?}; halting here"
+    ));
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }

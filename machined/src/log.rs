@@ -173,6 +173,19 @@ pub fn write(level: Level, message: String) {
     });
 }
 
+/// For the panic path: straight to fresh /dev/kmsg and /dev/console handles, never
+/// through the logger's lock (the panic may have happened while it was held).
+pub fn emergency(line: &str) {
+    if let Ok(mut kmsg) = OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = kmsg.write_all(format!("<{}>{line}\n", Level::Error.priority()).as_bytes());
+    }
+    if console_loglevel().is_none_or(|l| Level::Error.priority() >= l)
+        && let Ok(mut console) = OpenOptions::new().write(true).open("/dev/console")
+    {
+        let _ = console.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
 macro_rules! error {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, format!($($arg)*)) };
 }

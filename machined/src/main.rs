@@ -43,6 +43,26 @@ fn main() {
     if let Some(up) = uptime() {
         info!("kernel uptime at machined start: {:.3} s", up.as_secs_f64());
     }
+    if is_pid1 {
+        // The release profile aborts on panic; PID 1 dying is a kernel panic that shows
+        // no reason. Say why, then reboot like any other fatal error.
+        let delay = panic_reboot(&cmdline);
+        std::panic::set_hook(Box::new(move |info| {
+            log::emergency(&format!("machined: FATAL: panic: {info}"));
+            log::emergency(&format!(
+                "machined: rebooting in {} s (basalt.panic_reboot=<seconds> on the kernel command line changes this)",
+                delay.as_secs()
+            ));
+            std::thread::sleep(delay);
+            nix::unistd::sync();
+            // Not shutdown::power: it logs through the lock the panic may hold.
+            let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+            log::emergency(&format!("machined: reboot failed: {err:?}"));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }));
+    }
     // One thread: machined mostly waits, and every thread costs stack and RSS.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
