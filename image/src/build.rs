@@ -148,13 +148,55 @@ const IPTABLES_LINKS: &[&str] = &[
 
 pub const IMAGES_DIR: &str = "/usr/share/basalt/images";
 
-struct Inputs {
-    kernel_dir: PathBuf,
-    kver: String,
-    stub: PathBuf,
-    systemd_boot: PathBuf,
-    universe: Universe,
-    etcd_version: String,
+/// The unpacked inputs one build works from.
+pub struct BuildInputs {
+    pub kernel_dir: PathBuf,
+    pub kver: String,
+    pub stub: PathBuf,
+    pub systemd_boot: PathBuf,
+    pub universe: Universe,
+    pub etcd_version: String,
+}
+
+/// `--kubernetes DIR`, checked: kubelet must be there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesInputs {
+    pub kubelet: PathBuf,
+    pub kubectl: Option<PathBuf>,
+    /// `DIR/images/*.tar`, sorted by name.
+    pub images: Vec<PathBuf>,
+}
+
+impl KubernetesInputs {
+    pub fn scan(dir: &Path) -> anyhow::Result<Self> {
+        let kubelet = dir.join("bin/kubelet");
+        if !kubelet.is_file() {
+            bail!(
+                "--kubernetes {}: {} is missing (the directory must hold bin/kubelet, optionally bin/kubectl and images/*.tar)",
+                dir.display(),
+                kubelet.display()
+            );
+        }
+        let kubectl = Some(dir.join("bin/kubectl")).filter(|p| p.is_file());
+        let mut images = Vec::new();
+        let images_dir = dir.join("images");
+        if images_dir.is_dir() {
+            for e in std::fs::read_dir(&images_dir)
+                .with_context(|| format!("reading {}", images_dir.display()))?
+            {
+                let p = e?.path();
+                if p.is_file() && p.extension().is_some_and(|e| e == "tar") {
+                    images.push(p);
+                }
+            }
+        }
+        images.sort();
+        Ok(KubernetesInputs {
+            kubelet,
+            kubectl,
+            images,
+        })
+    }
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -173,7 +215,7 @@ fn spinner(what: &str) -> ProgressBar {
     s
 }
 
-fn gather_inputs(cache: &Cache, lock: &Lock) -> anyhow::Result<Inputs> {
+pub fn gather_inputs(cache: &Cache, lock: &Lock) -> anyhow::Result<BuildInputs> {
     let b = bar(lock.packages.len() as u64, "unpacking packages");
     let mut dirs = BTreeMap::new();
     for p in &lock.packages {
@@ -212,7 +254,7 @@ fn gather_inputs(cache: &Cache, lock: &Lock) -> anyhow::Result<Inputs> {
         .get("etcd-server")
         .map(|p| p.version.clone())
         .context("etcd-server is not in the lock")?;
-    Ok(Inputs {
+    Ok(BuildInputs {
         kernel_dir,
         kver,
         stub: efi.join("linuxx64.efi.stub"),
@@ -316,17 +358,19 @@ fn add_modules(tree: &mut Tree, km: &KernelModules, plan: &ModulePlan) -> anyhow
     Ok(())
 }
 
-struct Staged {
-    rootfs: Tree,
-    extras: Vec<crate::sbom::ExtraInput>,
-    module_log: Vec<String>,
+pub struct Staged {
+    pub rootfs: Tree,
+    pub extras: Vec<crate::sbom::ExtraInput>,
+    pub module_log: Vec<String>,
 }
 
-fn stage_rootfs(
-    inputs: &Inputs,
+/// The rootfs tree: selected package files, machined, /etc template, modules, the etcd
+/// image and the Kubernetes inputs. Refuses a tree with a shell or interpreter in it.
+pub fn stage_rootfs(
+    inputs: &BuildInputs,
     km: &KernelModules,
     machined: &Path,
-    kubernetes: Option<&Path>,
+    kubernetes: Option<&KubernetesInputs>,
     epoch: u64,
 ) -> anyhow::Result<Staged> {
     let u = &inputs.universe;
@@ -403,47 +447,29 @@ fn stage_rootfs(
 
     let mut extras = Vec::new();
     if let Some(k) = kubernetes {
-        let kubelet = k.join("bin/kubelet");
-        if !kubelet.is_file() {
-            bail!(
-                "--kubernetes {}: {} is missing (the directory must hold bin/kubelet, optionally bin/kubectl and images/*.tar)",
-                k.display(),
-                kubelet.display()
-            );
-        }
-        for (name, required) in [("kubelet", true), ("kubectl", false)] {
-            let src = k.join("bin").join(name);
-            if !src.is_file() && !required {
-                continue;
-            }
-            add_foreign_binary(u, &mut t, &format!("/usr/bin/{name}"), &src)?;
+        let bins = std::iter::once(("kubelet", &k.kubelet))
+            .chain(k.kubectl.iter().map(|p| ("kubectl", p)));
+        for (name, src) in bins {
+            add_foreign_binary(u, &mut t, &format!("/usr/bin/{name}"), src)?;
             extras.push(crate::sbom::ExtraInput {
                 name: format!("kubernetes/bin/{name}"),
-                sha256: crate::fetch::sha256_file(&src)?,
+                sha256: crate::fetch::sha256_file(src)?,
             });
         }
-        let images = k.join("images");
-        if images.is_dir() {
-            let mut tars: Vec<PathBuf> = std::fs::read_dir(&images)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "tar"))
-                .collect();
-            tars.sort();
-            for tar in tars {
-                let name = tar
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                t.file(
-                    &format!("{IMAGES_DIR}/{name}"),
-                    Content::Source(tar.clone()),
-                    0o644,
-                )?;
-                extras.push(crate::sbom::ExtraInput {
-                    name: format!("kubernetes/images/{name}"),
-                    sha256: crate::fetch::sha256_file(&tar)?,
-                });
-            }
+        for tar in &k.images {
+            let name = tar
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            t.file(
+                &format!("{IMAGES_DIR}/{name}"),
+                Content::Source(tar.clone()),
+                0o644,
+            )?;
+            extras.push(crate::sbom::ExtraInput {
+                name: format!("kubernetes/images/{name}"),
+                sha256: crate::fetch::sha256_file(tar)?,
+            });
         }
     }
     relocate_etc(&mut t)?;
@@ -565,18 +591,18 @@ pub fn build(workspace: &Path, cache: &Cache, lock: &Lock, args: &BuildArgs) -> 
     let out = &args.output;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
 
+    // Check the Kubernetes inputs before the long steps.
+    let kubernetes = args
+        .kubernetes
+        .as_deref()
+        .map(KubernetesInputs::scan)
+        .transpose()?;
     let inputs = gather_inputs(cache, lock)?;
     let km = KernelModules::scan(&inputs.kernel_dir.join("lib/modules").join(&inputs.kver))?;
     let (init_bin, machined_bin) = workspace_binaries(workspace, args.binaries.as_deref())?;
 
     // Rootfs.
-    let staged = stage_rootfs(
-        &inputs,
-        &km,
-        &machined_bin,
-        args.kubernetes.as_deref(),
-        epoch,
-    )?;
+    let staged = stage_rootfs(&inputs, &km, &machined_bin, kubernetes.as_ref(), epoch)?;
     for l in &staged.module_log {
         eprintln!("{l}");
     }
@@ -715,4 +741,44 @@ pub fn build(workspace: &Path, cache: &Cache, lock: &Lock, args: &BuildArgs) -> 
     }
     eprintln!("built into {} in {:.0?}", out.display(), started.elapsed());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_dir_without_kubelet_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        std::fs::write(dir.path().join("bin/kubectl"), "x").unwrap();
+        let err = KubernetesInputs::scan(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("bin/kubelet is missing"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_dir_lists_binaries_and_sorted_image_tars() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        std::fs::write(dir.path().join("bin/kubelet"), "x").unwrap();
+        for f in ["pause.tar", "apiserver.tar", "README"] {
+            std::fs::write(dir.path().join("images").join(f), "x").unwrap();
+        }
+        let k = KubernetesInputs::scan(dir.path()).unwrap();
+        assert_eq!(k.kubectl, None);
+        let names: Vec<_> = k
+            .images
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["apiserver.tar", "pause.tar"]);
+    }
+
+    #[test]
+    fn cmdline_puts_serial_console_last() {
+        let c = cmdline();
+        assert!(c.find("console=tty0").unwrap() < c.find("console=ttyS0").unwrap());
+        assert!(c.contains("basalt.platform=metal"));
+    }
 }
