@@ -123,12 +123,14 @@ impl Lease {
         })
     }
 
-    /// The default route the lease implies, behind any declared one.
-    pub fn default_route(&self) -> Option<PlannedRoute> {
+    /// The default route the lease implies, behind any declared one. The link index is
+    /// part of the metric: IPv4 routes with equal destination and metric replace each
+    /// other whatever their link, and two DHCP links must not evict each other's route.
+    pub fn default_route(&self, link_index: u32) -> Option<PlannedRoute> {
         self.routers.first().map(|gw| PlannedRoute {
             destination: IpNet::V4(Ipv4Net::default()),
             gateway: Some(IpAddr::V4(*gw)),
-            metric: DHCP_ROUTE_METRIC,
+            metric: DHCP_ROUTE_METRIC.saturating_add(link_index),
         })
     }
 }
@@ -705,7 +707,7 @@ impl Client {
             Some((lease.lease_time, lease.lease_time)),
         )
         .await?;
-        if let Some(route) = lease.default_route() {
+        if let Some(route) = lease.default_route(self.index) {
             nl.replace_route(self.index, &self.link, &route).await?;
         }
         for route in &self.routes_after_dhcp {
@@ -795,9 +797,14 @@ mod tests {
         assert_eq!(lease.lease_time, Duration::from_secs(3600));
         assert_eq!(lease.renew_after, Duration::from_secs(1800));
         assert_eq!(lease.rebind_after, Duration::from_secs(3150));
-        let route = lease.default_route().unwrap();
+        let route = lease.default_route(3).unwrap();
         assert_eq!(route.destination, "0.0.0.0/0".parse().unwrap());
-        assert_eq!(route.metric, DHCP_ROUTE_METRIC);
+        assert_eq!(route.metric, DHCP_ROUTE_METRIC + 3);
+        assert_ne!(
+            lease.default_route(4).unwrap().metric,
+            route.metric,
+            "two DHCP links keep separate default routes"
+        );
     }
 
     #[test]
@@ -815,7 +822,7 @@ mod tests {
         assert_eq!(lease.rebind_after, Duration::from_secs(100));
         assert_eq!(lease.renew_after, Duration::from_secs(90));
         assert_eq!(lease.address.prefix_len(), 8, "classful fallback for 10/8");
-        assert_eq!(lease.default_route(), None);
+        assert_eq!(lease.default_route(1), None);
     }
 
     #[test]

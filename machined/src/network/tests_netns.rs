@@ -13,7 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::netlink::Netlink;
-use super::plan::{self, DEFAULT_ROUTE_METRIC, DHCP_ROUTE_METRIC};
+use super::plan::{self, DEFAULT_ROUTE_METRIC, DHCP_ROUTE_METRIC, PlannedRoute};
 use super::*;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -459,7 +459,7 @@ fn dhcp_client_gets_a_lease_from_dnsmasq_and_installs_it() {
             .find(|r| r.destination == net("0.0.0.0/0"))
             .unwrap_or_else(|| panic!("no default route: {:#?}", snap.routes));
         assert_eq!(default.gateway, Some("10.99.0.1".parse().unwrap()));
-        assert_eq!(default.metric, DHCP_ROUTE_METRIC);
+        assert_eq!(default.metric, DHCP_ROUTE_METRIC + dc0.index);
         let declared = snap
             .routes
             .iter()
@@ -769,5 +769,66 @@ fn dhcp_rebinds_by_broadcast_at_t2_when_the_server_is_gone() {
             "rebinding keeps the address"
         );
         network.shutdown().await;
+    });
+}
+
+/// Why DHCP default routes carry the link index in their metric: with equal metrics the
+/// second link's route replaces the first's, with distinct ones both stay.
+#[test]
+fn default_routes_of_two_links_coexist_only_with_distinct_metrics() {
+    let ns = Netns::new("metric");
+    ns.ip(&["link", "add", "ma0", "type", "veth", "peer", "name", "ma1"]);
+    ns.ip(&["link", "add", "mb0", "type", "veth", "peer", "name", "mb1"]);
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let links = nl.links().await.unwrap();
+        let idx = |n: &str| links.iter().find(|l| l.name == n).unwrap().index;
+        for (name, addr) in [("ma0", "10.61.0.2/24"), ("mb0", "10.62.0.2/24")] {
+            nl.set_link(idx(name), name, None).await.unwrap();
+            nl.replace_address(idx(name), name, net(addr), None)
+                .await
+                .unwrap();
+        }
+        let default_via = |gw: &str, metric| PlannedRoute {
+            destination: net("0.0.0.0/0"),
+            gateway: Some(gw.parse().unwrap()),
+            metric,
+        };
+        let defaults = |routes: Vec<super::state::RouteStatus>| {
+            routes
+                .into_iter()
+                .filter(|r| r.destination == net("0.0.0.0/0"))
+                .count()
+        };
+        nl.replace_route(idx("ma0"), "ma0", &default_via("10.61.0.1", 2048))
+            .await
+            .unwrap();
+        nl.replace_route(idx("mb0"), "mb0", &default_via("10.62.0.1", 2048))
+            .await
+            .unwrap();
+        assert_eq!(
+            defaults(nl.routes().await.unwrap()),
+            1,
+            "equal metrics replace"
+        );
+        nl.replace_route(
+            idx("ma0"),
+            "ma0",
+            &default_via("10.61.0.1", 2048 + idx("ma0")),
+        )
+        .await
+        .unwrap();
+        nl.replace_route(
+            idx("mb0"),
+            "mb0",
+            &default_via("10.62.0.1", 2048 + idx("mb0")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            defaults(nl.routes().await.unwrap()),
+            3,
+            "distinct metrics coexist"
+        );
     });
 }
