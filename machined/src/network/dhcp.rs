@@ -404,6 +404,19 @@ impl Sockets {
     }
 }
 
+/// Resolves once shutdown is requested. A dropped sender is not a request: a sequencer
+/// that lets go of its [`super::Network`] must not take the node off the network.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// One client per link, running until shutdown.
 pub(crate) struct Client {
     pub link: String,
@@ -569,7 +582,7 @@ impl Client {
                         tokio::time::sleep(wait.min(budget)).await;
                     }
                 },
-                _ = shutdown.changed() => return Outcome::Shutdown,
+                _ = stopped(shutdown) => return Outcome::Shutdown,
             }
         }
     }
@@ -589,7 +602,7 @@ impl Client {
             let expiry = since + lease.lease_time;
             tokio::select! {
                 _ = tokio::time::sleep_until(t1) => {}
-                _ = shutdown.changed() => return Some(lease),
+                _ = stopped(shutdown) => return Some(lease),
             }
             let mut renewed = None;
             while renewed.is_none() {
@@ -643,14 +656,14 @@ impl Client {
                         Ok(None) => {}
                         Err(e) => warning!("network: DHCP on {}: {e}", self.link),
                     },
-                    _ = shutdown.changed() => return Some(lease),
+                    _ = stopped(shutdown) => return Some(lease),
                 }
                 // Errors return at once; keep the retry cadence anyway.
                 let elapsed = started.elapsed();
                 if renewed.is_none() && elapsed < wait {
                     tokio::select! {
                         _ = tokio::time::sleep(wait - elapsed) => {}
-                        _ = shutdown.changed() => return Some(lease),
+                        _ = stopped(shutdown) => return Some(lease),
                     }
                 }
             }

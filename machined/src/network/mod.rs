@@ -292,6 +292,7 @@ impl Network {
     }
 
     /// Stops the DHCP clients; each releases its lease and removes its address.
+    /// Dropping a `Network` without calling this leaves everything running.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for c in self.tasks {
@@ -364,7 +365,7 @@ pub async fn configure(intent: &Intent, options: &Options) -> Result<Network, Ne
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(refresh_interval) => {}
-                _ = stop.changed() => return,
+                _ = dhcp::stopped(&mut stop) => return,
             }
             if let Err(e) = refresher.refresh_kernel_view().await {
                 warning!("network: refreshing the kernel view: {e}");

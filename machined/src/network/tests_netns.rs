@@ -832,3 +832,48 @@ fn default_routes_of_two_links_coexist_only_with_distinct_metrics() {
         );
     });
 }
+
+#[test]
+fn dropping_the_handle_keeps_dhcp_running() {
+    let (server, client) = dhcp_pair("drop");
+    let _dnsmasq = Dnsmasq::start(
+        &server,
+        "ds0",
+        &[
+            "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m",
+            "--dhcp-option=option:T1,3",
+            "--dhcp-option=option:T2,100",
+        ],
+    );
+    let etc = tempfile::tempdir().unwrap();
+    let etc_path = etc.path().to_owned();
+    client.run(|| async move {
+        let network = configure(&dhcp_intent(), &opts(&etc_path)).await.unwrap();
+        let state = network.state();
+        let first = state.snapshot().leases().next().cloned().expect("no lease");
+        drop(network);
+        // The client still renews at T1 and the address stays.
+        let mut renewed = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if state
+                .snapshot()
+                .leases()
+                .next()
+                .is_some_and(|l| l.acquired_at > first.acquired_at)
+            {
+                renewed = true;
+                break;
+            }
+        }
+        assert!(renewed, "client stopped when the handle was dropped");
+        let nl = Netlink::connect().unwrap();
+        assert!(
+            nl.addresses()
+                .await
+                .unwrap()
+                .iter()
+                .any(|a| a.address == first.address)
+        );
+    });
+}
