@@ -163,7 +163,7 @@ fn load_modules(stage: &'static str, dir: &Path) -> Result<(), InitError> {
         info!("{stage}: optional kernel module {name} is not in this image, skipped");
     }
     for e in &outcome.failed_optional {
-        error!("{stage}: optional module not loaded, continuing: {e}");
+        info!("{stage}: optional module not loaded, continuing: {e}");
     }
     if debug() {
         for (name, took) in &outcome.loaded {
