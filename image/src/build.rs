@@ -520,7 +520,8 @@ fn mksquashfs_version() -> String {
         .unwrap_or_default()
 }
 
-/// rootfs.sqsh from the staged tree: zstd, root-owned, every time = epoch, one thread.
+/// rootfs.sqsh from the staged tree: zstd, root-owned, every time = epoch. mksquashfs
+/// (≥ 4.4) writes the same image whatever the number of threads; repro-check verifies.
 fn squash(tree: &Tree, dest: &Path, epoch: u64) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir().context("creating the rootfs staging directory")?;
     let root = tmp.path().join("rootfs");
@@ -541,8 +542,6 @@ fn squash(tree: &Tree, dest: &Path, epoch: u64) -> anyhow::Result<()> {
             "19",
             "-b",
             "1M",
-            "-processors",
-            "1",
             "-no-progress",
         ])
         .args([

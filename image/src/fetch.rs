@@ -128,8 +128,7 @@ impl Cache {
             })?;
         if !out.status.success() {
             let detail = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-            let gone = detail.contains("not found") || detail.contains("Can't find a source");
-            return Err(if gone {
+            return Err(if archive_lacks_version(&detail) {
                 FetchError::Gone {
                     package: pkg.name.clone(),
                     version: pkg.version.clone(),
@@ -165,6 +164,18 @@ impl Cache {
     }
 }
 
+/// Whether apt-get's complaint means the pinned version (or package) is gone from the
+/// archive — the lock is stale — rather than a network or disk problem.
+pub fn archive_lacks_version(apt_stderr: &str) -> bool {
+    [
+        "was not found",
+        "Can't find a source to download",
+        "Unable to locate package",
+    ]
+    .iter()
+    .any(|m| apt_stderr.contains(m))
+}
+
 pub fn verify(pkg: &LockedPackage, path: &Path) -> Result<(), FetchError> {
     let actual = sha256_file(path)?;
     if !actual.eq_ignore_ascii_case(&pkg.sha256) {
@@ -183,6 +194,26 @@ pub fn verify(pkg: &LockedPackage, path: &Path) -> Result<(), FetchError> {
 mod tests {
     use super::*;
     use crate::lock::Role;
+
+    #[test]
+    fn apt_messages_for_a_vanished_version_mean_a_stale_lock() {
+        assert!(archive_lacks_version(
+            "E: Version '9.9' for 'containerd' was not found"
+        ));
+        assert!(archive_lacks_version(
+            "E: Unable to locate package nonexistentpkg"
+        ));
+        assert!(!archive_lacks_version(
+            "E: Failed to fetch http://deb.debian.org/... Temporary failure resolving"
+        ));
+        let err = FetchError::Gone {
+            package: "runc".into(),
+            version: "1".into(),
+            detail: "gone".into(),
+        }
+        .to_string();
+        assert!(err.contains("run `basalt-image lock`"), "{err}");
+    }
 
     #[test]
     fn tampered_cache_entry_is_a_checksum_error_naming_package_and_both_sums() {
