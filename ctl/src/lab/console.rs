@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use crate::{HarnessError, Result};
+use super::qemu::{QemuError, Result};
 
 /// A console log file being written by a guest. Reads are whole-file and lossy (the
 /// kernel may print partial UTF-8 or control bytes); the logs are small enough.
@@ -27,7 +27,7 @@ impl ConsoleLog {
         match std::fs::read(&self.path) {
             Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).replace('\r', "")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(source) => Err(HarnessError::ConsoleLogRead {
+            Err(source) => Err(QemuError::ConsoleLogRead {
                 path: self.path.clone(),
                 source,
             }),
@@ -72,7 +72,7 @@ impl ConsoleLog {
                 return Ok(found);
             }
             if let Some(status) = status {
-                return Err(HarnessError::ExitedBeforePattern {
+                return Err(QemuError::ExitedBeforePattern {
                     pattern: pattern.to_owned(),
                     status,
                     log: self.path.clone(),
@@ -81,7 +81,7 @@ impl ConsoleLog {
                 });
             }
             if Instant::now() >= deadline {
-                return Err(HarnessError::ConsoleTimeout {
+                return Err(QemuError::ConsoleTimeout {
                     pattern: pattern.to_owned(),
                     timeout,
                     log: self.path.clone(),
@@ -145,7 +145,7 @@ mod tests {
         let err = log
             .wait_for("machined", Duration::from_millis(200), || None)
             .unwrap_err();
-        assert!(matches!(err, HarnessError::ConsoleTimeout { .. }));
+        assert!(matches!(err, QemuError::ConsoleTimeout { .. }));
         assert!(err.to_string().contains("booting"), "{err}");
         child.kill().unwrap();
         child.wait().unwrap();

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::{HarnessError, Result};
+use super::qemu::{QemuError, Result};
 
 /// One regular file of an overlay: path inside the initramfs (no leading `/`), mode,
 /// content.
@@ -66,7 +66,7 @@ pub fn initrd_with_overlay(
     files: &[OverlayFile<'_>],
     out: &Path,
 ) -> Result<PathBuf> {
-    let copy_err = |source| HarnessError::Copy {
+    let copy_err = |source| QemuError::Copy {
         from: initrd.to_path_buf(),
         to: out.to_path_buf(),
         source,

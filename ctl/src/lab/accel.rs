@@ -107,7 +107,7 @@ pub fn probe_guest_runs(qemu: &Path, accel: Accel) -> bool {
         ])
         // The CPU model real runs use: a host whose KVM runs SeaBIOS with the default
         // CPU can still abort on `-cpu host` MSRs (seen: "failed to set MSR 0x10a").
-        .args(["-cpu", crate::cpu_model(accel), "-smp", "2"])
+        .args(["-cpu", super::qemu::cpu_model(accel), "-smp", "2"])
         .args(["-serial", "none", "-m", "256", "-chardev"])
         .arg(chardev)
         .args(["-device", "isa-debugcon,iobase=0x402,chardev=dbg"])

@@ -1,0 +1,7 @@
+//! QEMU labs: the machinery that boots Basalt images in QEMU (shared with the end-to-end
+//! tests in basalt-tests-qemu) and the planning behind `basaltctl lab`.
+
+pub mod accel;
+pub mod console;
+pub mod overlay;
+pub mod qemu;
