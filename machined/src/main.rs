@@ -11,6 +11,7 @@ mod config_source;
 mod disks;
 mod log;
 mod network;
+mod node;
 mod pid1;
 mod sequencer;
 mod services;
@@ -90,34 +91,52 @@ async fn run(is_pid1: bool, cmdline: &str) {
             }
         });
     }
+    // Power requests come from signals (ctrl-alt-del, SIGPWR) and from the API.
     let (power_tx, mut power_rx) = tokio::sync::mpsc::channel(4);
+    let signals = power_tx.clone();
     tokio::spawn(async move {
-        if let Err(e) = pid1::power_signals(power_tx).await {
+        if let Err(e) = pid1::power_signals(signals).await {
             error!("cannot listen for power signals: {e}");
         }
     });
-    let cx = sequencer::Context {
-        pid1: is_pid1,
-        hooks: hooks.clone(),
-        exits,
-    };
-    let phases = sequencer::boot_phases();
-    let boot = sequencer::run(&phases, &cx);
+    let node = Arc::new(node::Node::new(power_tx));
+    let cx = sequencer::Context::new(is_pid1, hooks.clone(), exits, node);
+    // Hooks run last registered first: disks are unmounted after the network released
+    // its leases, which happens after the services (registered by the api phase) stopped.
+    if is_pid1 {
+        hooks.register("disks", || async {
+            if let Err(e) = disks::unmount_all() {
+                error!("shutdown: {e}");
+            }
+        });
+    }
+    let network = cx.network.clone();
+    hooks.register("network", move || async move {
+        if let Some(net) = network.lock().await.take() {
+            net.shutdown().await;
+        }
+    });
+    let boot = sequencer::boot(&cx);
     tokio::pin!(boot);
-    tokio::select! {
-        result = &mut boot => {
-            if let Err(e) = result {
+    let booted = tokio::select! {
+        result = &mut boot => match result {
+            Ok(booted) => booted,
+            Err(e) => {
                 error!("boot failed: {e}");
                 shutdown_after_failure(&hooks, is_pid1, cmdline).await;
+                return;
             }
-        }
+        },
         Some(action) = power_rx.recv() => {
             shutdown::run(&hooks, action, is_pid1).await;
             return;
         }
-    }
-    let action = power_rx.recv().await.unwrap_or(PowerAction::Reboot);
-    shutdown::run(&hooks, action, is_pid1).await;
+    };
+    let action = tokio::select! {
+        () = sequencer::serve_applies(&cx, &booted) => power_rx.recv().await,
+        action = power_rx.recv() => action,
+    };
+    shutdown::run(&hooks, action.unwrap_or(PowerAction::Reboot), is_pid1).await;
 }
 
 /// A failed boot: say why, give a human time to read it, go down cleanly, reboot.

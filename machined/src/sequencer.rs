@@ -1,50 +1,77 @@
-//! The boot, top to bottom: a list of named phases, each with a timeout. Reading
-//! [`boot_phases`] tells how a node boots. Every phase logs
-//! `phase <name> done (<n> ms)`; a phase that does not exist yet says so instead of
-//! pretending. A phase error or timeout ends the boot (the caller reboots).
+//! The boot, top to bottom. [`boot`] reads as the list of phases a node goes through;
+//! each runs through [`phase`], which bounds it with a timeout and logs
+//! `phase <name> done (<n> ms)`. Values flow from one phase to the next as ordinary
+//! variables (the config the config phase found is what the disks phase prepares for).
+//! A phase error or timeout ends the boot (the caller reboots).
+//!
+//! Without a config the node enters maintenance mode: DHCP on every link, the API with a
+//! self-signed certificate whose fingerprint is on the console, waiting for an apply.
+//! A valid apply is stored on STATE and the boot continues from the disks phase's
+//! output, without a reboot.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::log::{info, warning};
-use crate::services::ChildExits;
-use crate::shutdown::Hooks;
+use basalt_api::{ApplyConfigResponse, ApplyMode, ServiceState};
+use basalt_config::{MachineConfig, MachineType, Mode};
+use tokio::sync::{Mutex, mpsc};
 
-/// What every phase may use. `hooks` and `exits` are for the phases other modules fill
-/// in (services register their stop hook, the supervisor watches its children).
-#[allow(dead_code)]
+use crate::api::{
+    self, ApiConfig, ApiMode, ApplyCommand, ConfigSink, ProviderError, ServerIdentity,
+};
+use crate::config_source::{self, AcquireError, Acquired, Environment, StateStore};
+use crate::disks::{self, DiskOutcome, Paths};
+use crate::log::{error, info, warning};
+use crate::network::{self, Intent, Network};
+use crate::node::{Node, Stage};
+use crate::services::{self, ChildExits, Reaping, Supervisor, SupervisorConfig};
+use crate::shutdown::{Hooks, PowerAction};
+
+/// What every phase may use.
 pub struct Context {
     /// False when machined runs as a normal process (tests): phases that would change
-    /// the host (mounts, sysctls, hostname) skip themselves.
+    /// the host (mounts, sysctls, hostname, network) skip themselves.
     pub pid1: bool,
     pub hooks: Arc<Hooks>,
     pub exits: Arc<ChildExits>,
+    /// What the API reads; the sequencer publishes into it as the boot goes.
+    pub node: Arc<Node>,
+    /// The API's end of the config channel (handed to every API server started).
+    pub sink: ConfigSink,
+    /// The sequencer's end: applies arrive here, in maintenance mode and after boot.
+    pub applies: Mutex<mpsc::Receiver<ApplyCommand>>,
+    /// The running network; shared with the shutdown hook that releases DHCP.
+    pub network: Arc<Mutex<Option<Network>>>,
+}
+
+impl Context {
+    pub fn new(pid1: bool, hooks: Arc<Hooks>, exits: Arc<ChildExits>, node: Arc<Node>) -> Self {
+        let (sink, applies) = api::config_channel();
+        Self {
+            pid1,
+            hooks,
+            exits,
+            node,
+            sink,
+            applies: Mutex::new(applies),
+            network: Arc::new(Mutex::new(None)),
+        }
+    }
 }
 
 /// How a phase ended, when it did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)]
 pub enum Outcome {
-    Done,
-    /// Done, with something the operator should know (missing optional pieces).
+    /// Done, with something the operator should know.
     DoneWith(String),
     /// Deliberately did nothing (not PID 1).
     Skipped(String),
-    NotImplemented,
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type PhaseFuture<'a> = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send + 'a>>;
-pub type PhaseFn = fn(&Context) -> PhaseFuture<'_>;
-
-pub struct Phase {
-    pub name: &'static str,
-    pub timeout: Duration,
-    pub run: PhaseFn,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SequencerError {
@@ -64,84 +91,114 @@ const fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// The boot sequence.
-pub fn boot_phases() -> Vec<Phase> {
-    vec![
-        Phase {
-            name: "cgroups",
-            timeout: secs(10),
-            run: cgroups,
-        },
-        Phase {
-            name: "sysctls",
-            timeout: secs(10),
-            run: sysctls,
-        },
-        Phase {
-            name: "hostname",
-            timeout: secs(5),
-            run: hostname,
-        },
-        // Cmdline URL, fw_cfg, config drive, STATE; maintenance mode when none.
-        Phase {
-            name: "config",
-            timeout: secs(600),
-            run: not_yet,
-        },
-        // STATE (persisted config) and EPHEMERAL (/var).
-        Phase {
-            name: "disks",
-            timeout: secs(300),
-            run: not_yet,
-        },
-        Phase {
-            name: "network",
-            timeout: secs(120),
-            run: not_yet,
-        },
-        Phase {
-            name: "api",
-            timeout: secs(30),
-            run: not_yet,
-        },
-        // containerd, etcd, kubelet; then Kubernetes and marking the boot slot good.
-        Phase {
-            name: "services",
-            timeout: secs(300),
-            run: not_yet,
-        },
-    ]
+/// What the boot settled on, for what runs after it (applies, shutdown).
+pub struct Booted {
+    pub platform: Mode,
 }
 
-/// Runs the phases in order; stops at the first failure.
-pub async fn run(phases: &[Phase], cx: &Context) -> Result<(), SequencerError> {
-    let boot = Instant::now();
-    for phase in phases {
-        let start = Instant::now();
-        let result = tokio::time::timeout(phase.timeout, (phase.run)(cx))
-            .await
-            .map_err(|_| SequencerError::Timeout {
-                phase: phase.name,
-                timeout: phase.timeout,
-            })?
-            .map_err(|source| SequencerError::Failed {
-                phase: phase.name,
-                source,
-            })?;
-        let took = start.elapsed().as_millis();
-        match result {
-            Outcome::Done => info!("phase {} done ({took} ms)", phase.name),
-            Outcome::DoneWith(note) => info!("phase {} done ({took} ms): {note}", phase.name),
-            Outcome::Skipped(why) => info!("phase {} skipped: {why}", phase.name),
-            Outcome::NotImplemented => info!("phase {}: not yet implemented", phase.name),
-        }
+/// The boot sequence.
+pub async fn boot(cx: &Context) -> Result<Booted, SequencerError> {
+    let started = Instant::now();
+    phase(cx, "cgroups", secs(10), cgroups(cx)).await?;
+    phase(cx, "sysctls", secs(10), sysctls(cx)).await?;
+    phase(cx, "hostname", secs(5), hostname(cx)).await?;
+    let platform = phase(cx, "platform", secs(1), platform()).await?;
+    if !cx.pid1 {
+        info!("not PID 1: config, disks, network, api and services leave the host alone");
+        finish(cx, started);
+        return Ok(Booted { platform });
     }
+    // STATE first: the config persisted there is one of the sources.
+    phase(cx, "state", secs(30), early_state()).await?;
+    let env = Environment::system(platform);
+    if config_source::needs_network(&env) {
+        // basalt.config=<URL>: the config is fetched, so the network comes first.
+        phase(cx, "network", secs(120), network(cx, None)).await?;
+    }
+    let acquired = phase(cx, "config", secs(600), config(&env)).await?;
+    let config = match acquired {
+        Ok(Some(acquired)) => {
+            phase(cx, "disks", secs(300), disks(Some(&acquired), platform)).await?;
+            acquired.config
+        }
+        Ok(None) => {
+            let disk = phase(cx, "disks", secs(300), disks(None, platform)).await?;
+            phase_untimed(cx, "maintenance", maintenance(cx, platform, None, &disk)).await?
+        }
+        Err(problem) => {
+            let disk = phase(cx, "disks", secs(300), disks(None, platform)).await?;
+            phase_untimed(
+                cx,
+                "maintenance",
+                maintenance(cx, platform, Some(problem), &disk),
+            )
+            .await?
+        }
+    };
+    cx.node.set_config(config.clone());
+    phase(cx, "machine", secs(30), machine(&config)).await?;
+    phase(cx, "network", secs(120), network(cx, Some(&config))).await?;
+    let supervisor = phase(cx, "api", secs(60), api_phase(cx, &config, platform)).await?;
+    phase(cx, "services", secs(300), services(&supervisor, &config)).await?;
+    cx.node.set_stage(Stage::Running);
+    finish(cx, started);
+    Ok(Booted { platform })
+}
+
+fn finish(cx: &Context, started: Instant) {
+    let _ = cx;
     info!(
-        "boot sequence finished ({} ms, machined RSS {})",
-        boot.elapsed().as_millis(),
+        "boot complete in {} ms, RSS {}",
+        started.elapsed().as_millis(),
         rss_kib().map_or_else(|| "unknown".to_owned(), |k| format!("{k} KiB"))
     );
-    Ok(())
+}
+
+/// Runs one phase: bounded by `timeout`, logged with its duration and outcome.
+pub async fn phase<T>(
+    cx: &Context,
+    name: &'static str,
+    timeout: Duration,
+    run: impl Future<Output = Result<(T, Outcome), BoxError>>,
+) -> Result<T, SequencerError> {
+    cx.node.set_stage(Stage::Booting(name));
+    let start = Instant::now();
+    let result = tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| SequencerError::Timeout {
+            phase: name,
+            timeout,
+        })?;
+    report(name, start, result)
+}
+
+/// A phase that waits on a person (maintenance mode): no timeout.
+async fn phase_untimed<T>(
+    cx: &Context,
+    name: &'static str,
+    run: impl Future<Output = Result<(T, Outcome), BoxError>>,
+) -> Result<T, SequencerError> {
+    let _ = cx;
+    let start = Instant::now();
+    let result = run.await;
+    report(name, start, result)
+}
+
+fn report<T>(
+    name: &'static str,
+    start: Instant,
+    result: Result<(T, Outcome), BoxError>,
+) -> Result<T, SequencerError> {
+    let (value, outcome) = result.map_err(|source| SequencerError::Failed {
+        phase: name,
+        source,
+    })?;
+    let took = start.elapsed().as_millis();
+    match outcome {
+        Outcome::DoneWith(note) => info!("phase {name} done ({took} ms): {note}"),
+        Outcome::Skipped(why) => info!("phase {name} skipped: {why}"),
+    }
+    Ok(value)
 }
 
 /// Resident set size from /proc/self/status (budget: 16 MiB after boot).
@@ -155,53 +212,48 @@ fn not_pid1() -> Outcome {
     Outcome::Skipped("not PID 1, leaving the host alone".to_owned())
 }
 
-fn not_yet(_: &Context) -> PhaseFuture<'_> {
-    Box::pin(async { Ok(Outcome::NotImplemented) })
+async fn cgroups(cx: &Context) -> Result<((), Outcome), BoxError> {
+    if !cx.pid1 {
+        return Ok(((), not_pid1()));
+    }
+    let plan = crate::cgroups::setup(Path::new(crate::cgroups::CGROUP_ROOT))?;
+    let enabled = plan.enable.join(" ");
+    let note = if plan.missing_optional.is_empty() {
+        format!("controllers {enabled}")
+    } else {
+        format!(
+            "controllers {enabled}; the kernel lacks {}",
+            plan.missing_optional.join(" ")
+        )
+    };
+    Ok(((), Outcome::DoneWith(note)))
 }
 
-fn cgroups(cx: &Context) -> PhaseFuture<'_> {
-    Box::pin(async move {
-        if !cx.pid1 {
-            return Ok(not_pid1());
+/// Writes a list of sysctls; a key the kernel lacks is a warning naming the module
+/// that would provide it.
+fn apply_sysctls(list: &[(&str, &str, Option<&'static str>)]) -> Result<Outcome, BoxError> {
+    let applied = crate::sysctl::apply(Path::new("/proc/sys"), list)?;
+    for (key, needs) in &applied.missing {
+        match needs {
+            Some(module) => warning!(
+                "sysctl {} does not exist: is the {module} module in the image?",
+                key.as_str()
+            ),
+            None => warning!("sysctl {} does not exist in this kernel", key.as_str()),
         }
-        let plan = crate::cgroups::setup(Path::new(crate::cgroups::CGROUP_ROOT))?;
-        let enabled = plan.enable.join(" ");
-        if plan.missing_optional.is_empty() {
-            Ok(Outcome::DoneWith(format!("controllers {enabled}")))
-        } else {
-            Ok(Outcome::DoneWith(format!(
-                "controllers {enabled}; the kernel lacks {}",
-                plan.missing_optional.join(" ")
-            )))
-        }
-    })
+    }
+    Ok(Outcome::DoneWith(if applied.missing.is_empty() {
+        format!("{} set", applied.set)
+    } else {
+        format!("{} set, {} missing", applied.set, applied.missing.len())
+    }))
 }
 
-fn sysctls(cx: &Context) -> PhaseFuture<'_> {
-    Box::pin(async move {
-        if !cx.pid1 {
-            return Ok(not_pid1());
-        }
-        let applied = crate::sysctl::apply(Path::new("/proc/sys"), crate::sysctl::NODE_DEFAULTS)?;
-        for (key, needs) in &applied.missing {
-            match needs {
-                Some(module) => warning!(
-                    "sysctl {} does not exist: is the {module} module in the image?",
-                    key.as_str()
-                ),
-                None => warning!("sysctl {} does not exist in this kernel", key.as_str()),
-            }
-        }
-        if applied.missing.is_empty() {
-            Ok(Outcome::DoneWith(format!("{} set", applied.set)))
-        } else {
-            Ok(Outcome::DoneWith(format!(
-                "{} set, {} missing",
-                applied.set,
-                applied.missing.len()
-            )))
-        }
-    })
+async fn sysctls(cx: &Context) -> Result<((), Outcome), BoxError> {
+    if !cx.pid1 {
+        return Ok(((), not_pid1()));
+    }
+    Ok(((), apply_sysctls(crate::sysctl::NODE_DEFAULTS)?))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,28 +276,459 @@ pub fn valid_hostname(name: &str) -> bool {
         && !name.ends_with(['-', '.'])
 }
 
-fn hostname(cx: &Context) -> PhaseFuture<'_> {
-    Box::pin(async move {
-        if !cx.pid1 {
-            return Ok(not_pid1());
-        }
-        let name = std::fs::read_to_string("/etc/hostname")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default();
-        let name = if name.is_empty() {
-            "basalt".to_owned()
-        } else {
-            name
-        };
-        if !valid_hostname(&name) {
-            return Err(HostnameError::Invalid(name).into());
-        }
-        nix::unistd::sethostname(&name).map_err(|source| HostnameError::Set {
-            name: name.clone(),
-            source,
-        })?;
-        Ok(Outcome::DoneWith(name))
+async fn hostname(cx: &Context) -> Result<((), Outcome), BoxError> {
+    if !cx.pid1 {
+        return Ok(((), not_pid1()));
+    }
+    let name = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let name = if name.is_empty() {
+        "basalt".to_owned()
+    } else {
+        name
+    };
+    set_hostname(&name)?;
+    Ok(((), Outcome::DoneWith(name)))
+}
+
+fn set_hostname(name: &str) -> Result<(), HostnameError> {
+    if !valid_hostname(name) {
+        return Err(HostnameError::Invalid(name.to_owned()));
+    }
+    nix::unistd::sethostname(name).map_err(|source| HostnameError::Set {
+        name: name.to_owned(),
+        source,
     })
+}
+
+/// `basalt.platform=` decides which configs validate (metal requires machine.install).
+async fn platform() -> Result<(Mode, Outcome), BoxError> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let platform = config_source::cmdline::platform(&cmdline)?;
+    let note = match platform {
+        Some(p) => format!("{} (kernel command line)", p.as_str()),
+        None => "metal (no basalt.platform= on the kernel command line)".to_owned(),
+    };
+    Ok((platform.unwrap_or(Mode::Metal), Outcome::DoneWith(note)))
+}
+
+/// Mounts an existing STATE so the config persisted there can be read; never formats.
+async fn early_state() -> Result<((), Outcome), BoxError> {
+    let note = match disks::mount_existing_state(&Paths::system())? {
+        Some(part) => format!("STATE {} mounted", part.display()),
+        None => "no STATE partition yet".to_owned(),
+    };
+    Ok(((), Outcome::DoneWith(note)))
+}
+
+/// Tries every config source. A broken config is not a phase failure: it is shown and
+/// the node waits in maintenance mode for a good one.
+async fn config(
+    env: &Environment,
+) -> Result<(Result<Option<Acquired>, AcquireError>, Outcome), BoxError> {
+    let acquired = config_source::acquire(env).await;
+    let note = match &acquired {
+        Ok(Some(a)) => format!("from {} ({})", a.source, a.origin),
+        Ok(None) => "no config anywhere; maintenance mode".to_owned(),
+        Err(_) => "the config is unusable; maintenance mode".to_owned(),
+    };
+    Ok((acquired, Outcome::DoneWith(note)))
+}
+
+/// STATE and EPHEMERAL on the node's disk, or tmpfs without one. A config that came
+/// from elsewhere is stored on STATE so the next boot finds it.
+async fn disks(
+    acquired: Option<&Acquired>,
+    platform: Mode,
+) -> Result<(DiskOutcome, Outcome), BoxError> {
+    let install = acquired.and_then(|a| disks::install_disk(&a.config));
+    let outcome = disks::prepare(install, &Paths::system())?;
+    let mut note = match &outcome {
+        DiskOutcome::Disk {
+            device,
+            state,
+            ephemeral,
+            created,
+        } => {
+            let mut n = format!(
+                "{}: STATE {}, EPHEMERAL {} at /var",
+                device.display(),
+                state.display(),
+                ephemeral.display()
+            );
+            if !created.is_empty() {
+                n.push_str(&format!(" (created {})", created.join(", ")));
+            }
+            n
+        }
+        DiskOutcome::Tmpfs { reason } => {
+            format!("tmpfs ({reason}): nothing survives a reboot")
+        }
+    };
+    if let Some(a) = acquired
+        && config_source::keep_on_state(a, &StateStore::system(platform))?
+    {
+        note.push_str("; config stored on STATE");
+    }
+    Ok((outcome, Outcome::DoneWith(note)))
+}
+
+/// Maintenance mode: the node has no usable config. DHCP on every physical link, the
+/// API with a fresh self-signed certificate (fingerprint on the console), and a wait
+/// for an apply. A valid one is stored (STATE, or tmpfs without a disk) BEFORE the
+/// reply, then the boot goes on with it.
+async fn maintenance(
+    cx: &Context,
+    platform: Mode,
+    problem: Option<AcquireError>,
+    disk: &DiskOutcome,
+) -> Result<(MachineConfig, Outcome), BoxError> {
+    let why = match &problem {
+        None => "no config".to_owned(),
+        Some(e) => e.to_string(),
+    };
+    cx.node.set_stage(Stage::Maintenance(why));
+    if cx.network.lock().await.is_none() {
+        network(cx, None).await?;
+    }
+    let running = api::start(
+        ApiConfig::node(ApiMode::Maintenance, platform),
+        cx.node.clone(),
+        cx.sink.clone(),
+    )
+    .await?;
+    match &problem {
+        Some(AcquireError::Invalid {
+            from,
+            origin,
+            errors,
+        }) => {
+            error!(
+                "config from {from} ({origin}) is invalid ({} problem{}):",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
+            for e in errors {
+                error!("config: {e}");
+            }
+        }
+        Some(e) => error!("config: {e}"),
+        None => {}
+    }
+    let stored_where = match disk {
+        DiskOutcome::Disk { .. } => "stored on STATE",
+        DiskOutcome::Tmpfs { .. } => {
+            "stored on tmpfs (no disk): it is NOT persistent and is lost at reboot"
+        }
+    };
+    info!("maintenance mode: waiting for a config (POST /v1/config)");
+    let store = StateStore::system(platform);
+    let mut applies = cx.applies.lock().await;
+    let config = loop {
+        let Some(cmd) = applies.recv().await else {
+            return Err("the API's config channel closed".into());
+        };
+        let mode = cmd.apply.mode;
+        let config = match store.store_apply(&cmd.apply) {
+            Ok(config) => config,
+            Err(e) => {
+                warning!("maintenance mode: an apply was not stored: {e}");
+                let _ = cmd.reply.send(Err(e));
+                continue;
+            }
+        };
+        info!("maintenance mode: config received and {stored_where}");
+        let (message, reboot, leave) = match mode {
+            ApplyMode::Staged => (
+                format!("{stored_where}; staged: the node uses it at the next boot"),
+                false,
+                false,
+            ),
+            ApplyMode::Reboot => (format!("{stored_where}; rebooting"), true, false),
+            _ => (
+                format!("{stored_where}; leaving maintenance mode and booting with it"),
+                false,
+                true,
+            ),
+        };
+        let _ = cmd.reply.send(Ok(ApplyConfigResponse {
+            mode,
+            message,
+            reboot,
+        }));
+        if reboot {
+            let _ = cx.node.power(PowerAction::Reboot);
+        }
+        if leave {
+            break config;
+        }
+    };
+    drop(applies);
+    // The reply travels on the maintenance network through the maintenance listener's
+    // connection task: give it a moment before both go away.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.stop();
+    Ok((
+        config,
+        Outcome::DoneWith(format!("config applied through the API, {stored_where}")),
+    ))
+}
+
+/// The config's own settings for the host: sysctls, hostname, files.
+async fn machine(config: &MachineConfig) -> Result<((), Outcome), BoxError> {
+    let m = &config.machine;
+    let list: Vec<(&str, &str, Option<&'static str>)> = m
+        .sysctls
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str(), None))
+        .collect();
+    let sysctls = apply_sysctls(&list)?;
+    let mut notes = vec![match sysctls {
+        Outcome::DoneWith(n) => format!("sysctls {n}"),
+        _ => "sysctls".to_owned(),
+    }];
+    if let Some(h) = &m.hostname {
+        set_hostname(h.as_str())?;
+        write_file(
+            Path::new("/etc/hostname"),
+            &format!("{}\n", h.as_str()),
+            0o644,
+        )?;
+        notes.push(format!("hostname {}", h.as_str()));
+    }
+    for f in &m.files {
+        write_file(Path::new(f.path.as_str()), &f.content, f.permissions.bits())?;
+        info!("machine: wrote {}", f.path.as_str());
+    }
+    notes.push(format!("{} file(s) written", m.files.len()));
+    Ok(((), Outcome::DoneWith(notes.join(", "))))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("machine.files: writing {path}: {source}")]
+pub struct FileError {
+    path: std::path::PathBuf,
+    source: std::io::Error,
+}
+
+/// Writes a file atomically (temp + rename) with `mode`; parents are created.
+fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), FileError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| FileError {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".basalt-tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(content.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    // The umask may have narrowed the mode given at creation.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Brings the network up for `config` (maintenance: DHCP on every physical link). A
+/// network already running (maintenance, or early for a config URL) is shut down first:
+/// its DHCP leases are released and the config's own plan replaces it.
+async fn network(cx: &Context, config: Option<&MachineConfig>) -> Result<((), Outcome), BoxError> {
+    let mut slot = cx.network.lock().await;
+    if let Some(old) = slot.take() {
+        info!("network: releasing the maintenance network to apply the config's");
+        cx.node.set_network(None);
+        old.shutdown().await;
+    }
+    let options = network::Options {
+        set_kernel_hostname: cx.pid1,
+        ..Default::default()
+    };
+    let net = network::configure(&Intent::from_config(config), &options).await?;
+    let snapshot = net.state().snapshot();
+    let addresses: Vec<String> = snapshot
+        .addresses
+        .iter()
+        .filter(|a| a.scope == "global")
+        .map(|a| a.address.to_string())
+        .collect();
+    cx.node.set_network(Some(net.state()));
+    *slot = Some(net);
+    drop(slot);
+    if let Some(config) = config {
+        let sync = crate::time::spawn(crate::time::SyncOptions::new(
+            crate::time::servers_from_config(&config.machine.time),
+        ));
+        cx.hooks.register("time sync", move || sync.stop());
+    }
+    Ok((
+        (),
+        Outcome::DoneWith(if addresses.is_empty() {
+            "no global address yet".to_owned()
+        } else {
+            format!("addresses {}", addresses.join(" "))
+        }),
+    ))
+}
+
+/// Creates the supervisor and starts the API as its first service (`apid`): mutual TLS
+/// against the config's API CA.
+async fn api_phase(
+    cx: &Context,
+    config: &MachineConfig,
+    platform: Mode,
+) -> Result<(Supervisor, Outcome), BoxError> {
+    let supervisor = Supervisor::new(if cx.pid1 {
+        SupervisorConfig::node(cx.exits.clone())
+    } else {
+        SupervisorConfig {
+            cgroup_root: None,
+            log_dir: None,
+            log_limits: Default::default(),
+            reaping: Reaping::Direct,
+        }
+    });
+    if cx.node.set_supervisor(supervisor.clone()).is_err() {
+        return Err("the supervisor was already created".into());
+    }
+    let stopping = supervisor.clone();
+    // Registered after the network's hook, so it runs before it: services stop while
+    // the network is still up.
+    cx.hooks.register("services", move || async move {
+        if let Err(e) = stopping.stop_all(secs(25)).await {
+            warning!("shutdown: {e}");
+        }
+    });
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "basalt".to_owned());
+    let addresses: Vec<IpAddr> = cx
+        .network
+        .lock()
+        .await
+        .as_ref()
+        .map(|n| {
+            n.state()
+                .snapshot()
+                .addresses
+                .iter()
+                .filter(|a| a.scope == "global")
+                .map(|a| a.address.addr())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (identity, note) = match ServerIdentity::for_node(config, &hostname, &addresses) {
+        Ok(identity) => (
+            identity,
+            "mutual TLS; server certificate issued by the API CA".to_owned(),
+        ),
+        Err(e) if config.machine.machine_type == MachineType::Worker => {
+            warning!("api: {e}");
+            let identity = ServerIdentity::self_signed_for_worker(config, &hostname, &addresses)?;
+            let fingerprint = identity.fingerprint()?;
+            warning!(
+                "api: serving a self-signed certificate (fingerprint {fingerprint}); clients are still verified against the API CA, but must pin this fingerprint to trust the node"
+            );
+            (
+                identity,
+                format!("mutual TLS; self-signed server certificate {fingerprint} (worker)"),
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    supervisor.register(services::apid::service_spec(
+        ApiConfig::node(ApiMode::Configured(identity), platform),
+        cx.node.clone(),
+        cx.sink.clone(),
+    ))?;
+    supervisor.start("apid")?;
+    supervisor
+        .wait_for(
+            "apid",
+            &[ServiceState::Healthy, ServiceState::Running],
+            secs(30),
+        )
+        .await?;
+    Ok((supervisor, Outcome::DoneWith(note)))
+}
+
+/// containerd (and, later, etcd and kubelet), in dependency order.
+async fn services(
+    supervisor: &Supervisor,
+    config: &MachineConfig,
+) -> Result<((), Outcome), BoxError> {
+    services::containerd::register_for_node(supervisor, config)?;
+    supervisor.start_all()?;
+    let note = match supervisor
+        .wait_for("containerd", &[ServiceState::Healthy], secs(120))
+        .await
+    {
+        Ok(status) => format!(
+            "containerd healthy: {}",
+            status.health.map(|h| h.message).unwrap_or_default()
+        ),
+        // Not a reason to reboot: the supervisor keeps restarting it and the API shows why.
+        Err(e) => {
+            warning!("services: {e}");
+            format!("containerd not healthy yet: {e}")
+        }
+    };
+    Ok(((), Outcome::DoneWith(note)))
+}
+
+/// After boot: applies to a running node. The config is stored before the reply; what
+/// happens next follows the mode. Nothing is applied live yet, so `no-reboot` and `try`
+/// are refused (before anything is stored) and `auto` reboots.
+pub async fn serve_applies(cx: &Context, booted: &Booted) {
+    let store = StateStore::system(booted.platform);
+    let mut applies = cx.applies.lock().await;
+    while let Some(cmd) = applies.recv().await {
+        let mode = cmd.apply.mode;
+        if matches!(mode, ApplyMode::NoReboot | ApplyMode::Try) {
+            let _ = cmd.reply.send(Err(ProviderError::Conflict(format!(
+                "mode {mode} needs live apply, which this machined does not do yet; nothing was stored (use reboot, auto or staged)"
+            ))));
+            continue;
+        }
+        if let Err(e) = store.store_apply(&cmd.apply) {
+            warning!("config: an apply was not stored: {e}");
+            let _ = cmd.reply.send(Err(e));
+            continue;
+        }
+        let reboot = mode != ApplyMode::Staged;
+        info!(
+            "config: new config stored on STATE ({mode}){}",
+            if reboot {
+                "; rebooting to apply it"
+            } else {
+                ""
+            }
+        );
+        let _ = cmd.reply.send(Ok(ApplyConfigResponse {
+            mode,
+            message: if reboot {
+                "stored on STATE; rebooting to apply it".to_owned()
+            } else {
+                "stored on STATE; staged for the next boot".to_owned()
+            },
+            reboot,
+        }));
+        if reboot {
+            let _ = cx.node.power(PowerAction::Reboot);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -253,79 +736,61 @@ mod tests {
     use super::*;
 
     fn cx() -> Context {
-        Context {
-            pid1: false,
-            hooks: Arc::new(Hooks::default()),
-            exits: ChildExits::new(),
-        }
-    }
-
-    #[test]
-    fn boot_reads_top_to_bottom() {
-        let names: Vec<_> = boot_phases().iter().map(|p| p.name).collect();
-        assert_eq!(
-            names,
-            [
-                "cgroups", "sysctls", "hostname", "config", "disks", "network", "api", "services"
-            ]
-        );
+        let (power, _) = mpsc::channel(1);
+        Context::new(
+            false,
+            Arc::new(Hooks::default()),
+            ChildExits::new(),
+            Arc::new(Node::new(power)),
+        )
     }
 
     #[tokio::test]
     async fn outside_pid1_the_sequence_runs_without_touching_the_host() {
-        run(&boot_phases(), &cx()).await.unwrap();
+        boot(&cx()).await.unwrap();
         let log = crate::log::ring().snapshot();
         let has = |s: &str| log.iter().any(|l| l.message == s);
         assert!(has(
             "phase cgroups skipped: not PID 1, leaving the host alone"
         ));
-        assert!(has("phase network: not yet implemented"));
+        assert!(
+            log.iter()
+                .any(|l| l.message.starts_with("boot complete in "))
+        );
     }
 
-    fn fails(_: &Context) -> PhaseFuture<'_> {
-        Box::pin(async { Err("no disk named vdz".into()) })
+    async fn fails() -> Result<((), Outcome), BoxError> {
+        Err("no disk named vdz".into())
     }
-    fn hangs(_: &Context) -> PhaseFuture<'_> {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok(Outcome::Done)
-        })
-    }
-    fn done(_: &Context) -> PhaseFuture<'_> {
-        Box::pin(async { Ok(Outcome::Done) })
+    async fn hangs() -> Result<((), Outcome), BoxError> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(((), Outcome::DoneWith(String::new())))
     }
 
     #[tokio::test]
     async fn a_failing_phase_stops_the_boot_with_its_name() {
-        let phases = [
-            Phase {
-                name: "first",
-                timeout: secs(1),
-                run: done,
-            },
-            Phase {
-                name: "disks",
-                timeout: secs(1),
-                run: fails,
-            },
-            Phase {
-                name: "never",
-                timeout: secs(1),
-                run: hangs,
-            },
-        ];
-        let err = run(&phases, &cx()).await.unwrap_err();
+        let err = phase(&cx(), "disks", secs(1), fails()).await.unwrap_err();
         assert_eq!(err.to_string(), "phase disks failed: no disk named vdz");
     }
 
     #[tokio::test]
+    async fn a_phase_hands_its_value_on() {
+        let v = phase(&cx(), "config", secs(1), async {
+            Ok((7, Outcome::DoneWith("seven".into())))
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 7);
+        assert!(crate::log::ring().snapshot().iter().any(|l| {
+            l.message.starts_with("phase config done (") && l.message.ends_with("): seven")
+        }));
+    }
+
+    #[tokio::test]
     async fn a_hanging_phase_times_out() {
-        let phases = [Phase {
-            name: "network",
-            timeout: Duration::from_millis(50),
-            run: hangs,
-        }];
-        let err = run(&phases, &cx()).await.unwrap_err();
+        let err = phase(&cx(), "network", Duration::from_millis(50), hangs())
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -336,6 +801,20 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn machine_files_are_written_with_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/kubernetes/extra.conf");
+        write_file(&path, "x=1\n", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "x=1\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A path that cannot be written names itself.
+        let err = write_file(Path::new("/proc/nope/file"), "", 0o644).unwrap_err();
+        assert!(err.to_string().contains("/proc/nope/file"), "{err}");
     }
 
     #[test]

@@ -182,7 +182,10 @@ pub async fn start(
         source,
     })?;
     if let Some(fp) = &fingerprint {
-        eprintln!("{}", basalt_api::maintenance_banner(local_addr.port(), fp));
+        // Through machined's logger, so the banner reaches the console (and the log ring)
+        // as `machined: maintenance mode: …` like every other line.
+        let banner = basalt_api::maintenance_banner(local_addr.port(), fp);
+        crate::log::info!("{}", banner.strip_prefix("machined: ").unwrap_or(&banner));
     }
     let shared = Arc::new(Shared {
         node,
@@ -230,7 +233,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
             Ok((tcp, _peer)) => tcp,
             Err(e) => {
                 // EMFILE and friends pass; back off instead of spinning.
-                eprintln!("machined: api: accepting a connection: {e}");
+                crate::log::warning!("api: accepting a connection: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -528,7 +531,7 @@ async fn stream_file(mut file: tokio::fs::File, path: String, tx: mpsc::Sender<B
             }
             Err(e) => {
                 // The status is sent; cutting the body short is all that is left to do.
-                eprintln!("machined: api: reading {path}: {e}");
+                crate::log::warning!("api: reading {path}: {e}");
                 return;
             }
         }

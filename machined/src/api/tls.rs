@@ -102,6 +102,39 @@ impl ServerIdentity {
     }
 }
 
+impl ServerIdentity {
+    /// A worker's identity: workers carry the API CA's certificate but not its key, so
+    /// they cannot issue a server certificate clients would trust. Until a control plane
+    /// signs worker certificates, the worker serves a self-signed one (clients pin its
+    /// fingerprint or skip the check) and still verifies every client against the API CA,
+    /// so roles keep working.
+    pub fn self_signed_for_worker(
+        config: &basalt_config::MachineConfig,
+        hostname: &str,
+        addresses: &[IpAddr],
+    ) -> Result<Self, ApiError> {
+        let mut sans = vec![hostname.to_owned(), "localhost".to_owned()];
+        sans.extend(addresses.iter().map(IpAddr::to_string));
+        sans.extend(config.machine.cert_sans.iter().map(ToString::to_string));
+        sans.dedup();
+        let generated =
+            rcgen::generate_simple_self_signed(sans).map_err(|e| ApiError::Identity {
+                reason: format!("generating the worker's self-signed certificate: {e}"),
+            })?;
+        Ok(Self {
+            api_ca_pem: config.machine.ca.crt.as_str().to_owned(),
+            cert_pem: generated.cert.pem(),
+            key_pem: generated.signing_key.serialize_pem(),
+        })
+    }
+
+    /// The SHA-256 fingerprint of the served certificate, for pinning.
+    pub fn fingerprint(&self) -> Result<Fingerprint, ApiError> {
+        let der = certs(&self.cert_pem, "server certificate")?;
+        Ok(Fingerprint::of_der(&der[0]))
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
