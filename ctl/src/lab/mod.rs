@@ -5,3 +5,6 @@ pub mod accel;
 pub mod console;
 pub mod overlay;
 pub mod qemu;
+pub mod plan;
+pub mod state;
+pub mod run;
