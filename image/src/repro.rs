@@ -24,22 +24,37 @@ fn sums(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
         .collect())
 }
 
-/// Copy the git-tracked files of `workspace` (as they are in the working tree) to `dest`.
-fn copy_tracked(workspace: &Path, dest: &Path) -> anyhow::Result<()> {
+/// Build products and caches that never belong to a workspace copy.
+const NOT_SOURCES: &[&str] = &[".git", "target", "out", ".cache"];
+
+/// The workspace's source files, relative: git-tracked files when it is a git checkout,
+/// otherwise every file outside [`NOT_SOURCES`].
+fn source_files(workspace: &Path) -> anyhow::Result<Vec<String>> {
     let out = Command::new("git")
         .args(["ls-files", "-z"])
         .current_dir(workspace)
-        .output()
-        .context("running git ls-files")?;
-    if !out.status.success() {
-        bail!(
-            "git ls-files in {} failed: {}",
-            workspace.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        .output();
+    if let Some(out) = out.ok().filter(|o| o.status.success()) {
+        return Ok(out
+            .stdout
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect());
     }
-    for name in out.stdout.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let rel = String::from_utf8_lossy(name).into_owned();
+    Ok(files_under(workspace)
+        .into_iter()
+        .filter(|(rel, p)| {
+            let top = rel.split('/').next().unwrap_or("");
+            !NOT_SOURCES.contains(&top) && std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir())
+        })
+        .map(|(rel, _)| rel)
+        .collect())
+}
+
+/// Copy the workspace's sources (as they are in the working tree) to `dest`.
+fn copy_tracked(workspace: &Path, dest: &Path) -> anyhow::Result<()> {
+    for rel in source_files(workspace)? {
         let src = workspace.join(&rel);
         let dst = dest.join(&rel);
         if let Some(parent) = dst.parent() {
@@ -273,6 +288,24 @@ pub fn check(workspace: &Path, cache: &Cache, lock: &Lock, args: &BuildArgs) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_outside_git_skip_build_products() {
+        let ws = tempfile::tempdir().unwrap();
+        for f in [
+            "Cargo.toml",
+            "image/src/main.rs",
+            "target/debug/x",
+            "out/rootfs.sqsh",
+        ] {
+            let p = ws.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+        let mut files = source_files(ws.path()).unwrap();
+        files.sort();
+        assert_eq!(files, ["Cargo.toml", "image/src/main.rs"]);
+    }
 
     #[test]
     fn first_difference_names_the_path() {
