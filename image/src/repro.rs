@@ -209,8 +209,14 @@ fn which(tool: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
+/// The first build goes to `--output` (so tests can use it afterwards), the second to
+/// the temporary copy; when they differ the second is kept as `<output>/repro-second`.
 pub fn check(workspace: &Path, cache: &Cache, lock: &Lock, args: &BuildArgs) -> anyhow::Result<()> {
-    let first = args.output.join("repro-a");
+    let first = args.output.clone();
+    let kept = first.join("repro-second");
+    if kept.exists() {
+        std::fs::remove_dir_all(&kept).with_context(|| format!("removing {}", kept.display()))?;
+    }
     eprintln!(
         "repro-check: first build in {} → {}",
         workspace.display(),
@@ -232,7 +238,7 @@ pub fn check(workspace: &Path, cache: &Cache, lock: &Lock, args: &BuildArgs) -> 
         .context("creating the second workspace")?;
     let ws2 = copy.path().join("elsewhere/basalt");
     copy_tracked(workspace, &ws2)?;
-    let second = args.output.join("repro-b");
+    let second = copy.path().join("out");
     eprintln!(
         "repro-check: second build in {} → {}",
         ws2.display(),
@@ -275,14 +281,29 @@ pub fn check(workspace: &Path, cache: &Cache, lock: &Lock, args: &BuildArgs) -> 
         .map(|s| (*s).to_owned())
         .unwrap_or_else(|| differing[0].clone());
     explain(&first, &second, &first_diff)?;
+    copy_dir(&second, &kept)?;
     bail!(
-        "the two builds differ in {}",
+        "the two builds differ in {} (second build kept in {})",
         differing
             .iter()
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        kept.display()
     )
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let p = e?.path();
+        if p.is_file() {
+            if let Some(name) = p.file_name() {
+                std::fs::copy(&p, to.join(name))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
