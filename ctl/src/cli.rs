@@ -39,4 +39,7 @@ pub enum Command {
     /// Node commands: apply-config, version, services, logs … (through the node API).
     #[command(flatten)]
     Node(cmd::node::NodeCommand),
+    /// QEMU labs on this machine: create, destroy, list, console.
+    #[command(subcommand)]
+    Lab(cmd::lab::LabCommand),
 }

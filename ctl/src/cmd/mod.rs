@@ -1,6 +1,7 @@
 //! One module per command. Each returns [`Failure`], which tells `main` the exit code.
 
 pub mod generate;
+pub mod lab;
 pub mod node;
 pub mod validate;
 
@@ -42,5 +43,6 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Gen(command) => generate::run(command),
         Command::Validate(args) => validate::run(args),
         Command::Node(command) => node::run(command, cli.basaltconfig.as_deref(), &cli.target),
+        Command::Lab(command) => lab::run(command),
     }
 }

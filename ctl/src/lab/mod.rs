@@ -4,7 +4,7 @@
 pub mod accel;
 pub mod console;
 pub mod overlay;
-pub mod qemu;
 pub mod plan;
-pub mod state;
+pub mod qemu;
 pub mod run;
+pub mod state;

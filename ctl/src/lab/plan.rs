@@ -118,7 +118,8 @@ impl From<LabName> for String {
 
 impl fmt::Display for LabName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // pad, not write_str: `lab list` aligns names in columns.
+        f.pad(&self.0)
     }
 }
 
@@ -289,7 +290,10 @@ pub fn qemu_patch(node_name: &str) -> Result<ConfigPatch, PlanError> {
     let text = format!(
         "machine:\n  hostname: {node_name}\n  network:\n    interfaces:\n      - interface: {GUEST_INTERFACE}\n        dhcp: true\n"
     );
-    Ok(ConfigPatch::from_text("the lab's QEMU network patch".to_owned(), &text)?)
+    Ok(ConfigPatch::from_text(
+        "the lab's QEMU network patch".to_owned(),
+        &text,
+    )?)
 }
 
 fn localhost_san() -> SubjectAltName {
@@ -322,8 +326,11 @@ pub fn lab_configs(
     opts.additional_sans = vec![localhost_san()];
     let (cp, worker) = generate::machine_configs(&bundle, &opts)?;
     let cp = patch::apply_patches_and_validate(&cp, &[qemu_patch(node_name)?], Mode::Metal)?;
-    let admin =
-        client_config::issue_client_certificate(&bundle.api.ca.cert_and_key(), Role::Admin, "admin")?;
+    let admin = client_config::issue_client_certificate(
+        &bundle.api.ca.cert_and_key(),
+        Role::Admin,
+        "admin",
+    )?;
     let basaltconfig = ClientConfig::single(
         name.as_str(),
         Context {
@@ -429,14 +436,23 @@ mod tests {
             .validate()
             .unwrap_err();
             assert!(matches!(err, PlanError::NodeCount { .. }), "{err}");
-            assert!(err.to_string().contains("multi-node labs land with the lab issue"));
+            assert!(
+                err.to_string()
+                    .contains("multi-node labs land with the lab issue")
+            );
         }
     }
 
     #[test]
     fn too_little_memory_cpu_or_disk_is_refused_by_name() {
         let cases = [
-            (LabSpec { memory_mib: 512, ..spec() }, "--memory 512"),
+            (
+                LabSpec {
+                    memory_mib: 512,
+                    ..spec()
+                },
+                "--memory 512",
+            ),
             (LabSpec { cpus: 0, ..spec() }, "--cpus 0"),
             (
                 LabSpec {
@@ -491,7 +507,10 @@ mod tests {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        assert!(sans.contains(&"10.0.2.15") && sans.contains(&"127.0.0.1"), "{sans:?}");
+        assert!(
+            sans.contains(&"10.0.2.15") && sans.contains(&"127.0.0.1"),
+            "{sans:?}"
+        );
         assert_eq!(
             doc["cluster"]["controlPlane"]["endpoint"],
             "https://10.0.2.15:6443"
@@ -525,8 +544,7 @@ mod tests {
 
     #[test]
     fn real_ports_are_distinct_and_nonzero() {
-        let ports =
-            allocate_ports(3, &BTreeSet::new(), super::super::qemu::free_port).unwrap();
+        let ports = allocate_ports(3, &BTreeSet::new(), super::super::qemu::free_port).unwrap();
         assert_eq!(ports.len(), 3);
         assert!(ports.iter().all(|&p| p != 0));
         let set: BTreeSet<u16> = ports.iter().copied().collect();

@@ -453,12 +453,11 @@ impl QemuBuilder {
         let accel = self.accel.unwrap_or_else(|| detect_accel(&self.qemu));
         let args = self.args(accel, &hostfwd, &console_log);
         let stderr_path = console_log.with_extension("qemu-stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).map_err(|source| {
-            QemuError::ConsoleLogCreate {
+        let stderr =
+            std::fs::File::create(&stderr_path).map_err(|source| QemuError::ConsoleLogCreate {
                 path: stderr_path.clone(),
                 source,
-            }
-        })?;
+            })?;
         let child = spawn_in_own_group(
             Command::new(&self.qemu)
                 .args(&args)

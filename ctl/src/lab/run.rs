@@ -29,7 +29,9 @@ pub enum RunError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is missing: install the UEFI firmware (`scripts/setup` installs the ovmf package)")]
+    #[error(
+        "{path} is missing: install the UEFI firmware (`scripts/setup` installs the ovmf package)"
+    )]
     Firmware { path: PathBuf },
     #[error(
         "--disk-size {requested} is smaller than the image {image} ({image_bytes} bytes): pass a larger size"
@@ -44,7 +46,9 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("a lab already lives in {dir} ({record} exists): destroy it first (`basaltctl lab destroy --name {name}`) or pick another --name")]
+    #[error(
+        "a lab already lives in {dir} ({record} exists): destroy it first (`basaltctl lab destroy --name {name}`) or pick another --name"
+    )]
     Exists {
         dir: PathBuf,
         record: PathBuf,
@@ -62,7 +66,9 @@ pub enum RunError {
     },
     #[error("{0}")]
     Qemu(#[from] QemuError),
-    #[error("QEMU exited ({status}) while waiting for the node; last console lines of {log}:\n{tail}\nQEMU's stderr:\n{stderr}")]
+    #[error(
+        "QEMU exited ({status}) while waiting for the node; last console lines of {log}:\n{tail}\nQEMU's stderr:\n{stderr}"
+    )]
     QemuExited {
         status: std::process::ExitStatus,
         log: PathBuf,
@@ -111,12 +117,11 @@ pub fn find_boot_source(dir: &Path, pxe: bool) -> Result<BootSource, RunError> {
             }
         }
         let cmdline_path = dir.join("cmdline");
-        let cmdline = std::fs::read_to_string(&cmdline_path).map_err(|source| {
-            RunError::ImageDir {
+        let cmdline =
+            std::fs::read_to_string(&cmdline_path).map_err(|source| RunError::ImageDir {
                 dir: cmdline_path,
                 source,
-            }
-        })?;
+            })?;
         return Ok(BootSource::Kernel {
             vmlinuz: dir.join("vmlinuz"),
             initramfs: dir.join("initramfs.zst"),
@@ -124,7 +129,9 @@ pub fn find_boot_source(dir: &Path, pxe: bool) -> Result<BootSource, RunError> {
         });
     }
     if !dir.is_dir() {
-        return Err(missing("basalt-<version>-amd64.raw (the directory does not exist)"));
+        return Err(missing(
+            "basalt-<version>-amd64.raw (the directory does not exist)",
+        ));
     }
     let entries = std::fs::read_dir(dir).map_err(|source| RunError::ImageDir {
         dir: dir.to_path_buf(),
@@ -215,13 +222,11 @@ pub fn node_builder(boot: &NodeBoot<'_>) -> Result<super::qemu::QemuBuilder, Run
             }
             let vars = layout.ovmf_vars(boot.node);
             if !vars.exists() {
-                super::qemu::copy_ovmf_vars(Path::new(OVMF_VARS), &vars).map_err(|e| {
-                    match e {
-                        QemuError::Copy { from, .. } if !from.exists() => {
-                            RunError::Firmware { path: from }
-                        }
-                        other => RunError::Qemu(other),
+                super::qemu::copy_ovmf_vars(Path::new(OVMF_VARS), &vars).map_err(|e| match e {
+                    QemuError::Copy { from, .. } if !from.exists() => {
+                        RunError::Firmware { path: from }
                     }
+                    other => RunError::Qemu(other),
                 })?;
             }
             b = b.ovmf(code, vars);
@@ -243,7 +248,8 @@ pub fn boot_node(boot: &NodeBoot<'_>) -> Result<RunningQemu, RunError> {
     let vm = node_builder(boot)?.spawn()?;
     if let Some(pid) = vm.pid() {
         let path = boot.layout.pid_file(boot.node);
-        std::fs::write(&path, format!("{pid}\n")).map_err(|source| RunError::Write { path, source })?;
+        std::fs::write(&path, format!("{pid}\n"))
+            .map_err(|source| RunError::Write { path, source })?;
     }
     Ok(vm)
 }
@@ -351,7 +357,10 @@ pub fn is_lab_qemu(pid: u32, state_dir: &Path) -> bool {
         return false;
     };
     // A zombie has an empty cmdline anyway, but say it outright.
-    if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) {
+    if stat
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    {
         return false;
     }
     let cmdline = String::from_utf8_lossy(&cmdline);
@@ -470,7 +479,16 @@ mod tests {
         assert!(bytes[14..].iter().all(|&b| b == 0));
 
         let err = prepare_disk(&source, &dest, DiskSize::from_bytes(4)).unwrap_err();
-        assert!(matches!(err, RunError::DiskTooSmall { image_bytes: 14, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                RunError::DiskTooSmall {
+                    image_bytes: 14,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         let kernel = BootSource::Kernel {
             vmlinuz: "k".into(),
@@ -576,12 +594,20 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = vm.detach().unwrap();
+        // A failing assertion must not leave the detached QEMU behind.
+        struct KillOnDrop(i32);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(self.0),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _guard = KillOnDrop(pid as i32);
         // Reap it from a thread once it dies, as init would after basaltctl exits.
         let reaper = std::thread::spawn(move || {
-            let _ = nix::sys::wait::waitpid(
-                nix::unistd::Pid::from_raw(pid as i32),
-                None,
-            );
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
         });
         // Between fork and exec the child still looks like this test binary.
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -25,7 +25,9 @@ pub const RECORD_FILE: &str = "lab.yaml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("neither {LABS_DIR_ENV} nor HOME is set, so there is no default labs directory: pass --state-dir")]
+    #[error(
+        "neither {LABS_DIR_ENV} nor HOME is set, so there is no default labs directory: pass --state-dir"
+    )]
     NoHome,
     #[error("no lab at {dir}: {file} does not exist (create one with `basaltctl lab create`)")]
     NoLab { dir: PathBuf, file: PathBuf },
@@ -268,7 +270,10 @@ mod tests {
         assert_eq!(l.basaltconfig(), Path::new("/s/lab/basaltconfig"));
         assert_eq!(l.console_log("cp-1"), Path::new("/s/lab/cp-1.log"));
         // Must match where the QEMU builder opens the monitor for that console log.
-        assert_eq!(l.monitor_socket("cp-1"), Path::new("/s/lab/cp-1.monitor.sock"));
+        assert_eq!(
+            l.monitor_socket("cp-1"),
+            Path::new("/s/lab/cp-1.monitor.sock")
+        );
         assert_eq!(l.qmp_socket("cp-1"), Path::new("/s/lab/cp-1.qmp.sock"));
         assert_eq!(l.disk("cp-1"), Path::new("/s/lab/cp-1.raw"));
         assert_eq!(l.pid_file("cp-1"), Path::new("/s/lab/cp-1.pid"));
@@ -312,7 +317,11 @@ mod tests {
         let labs = list_labs(root.path()).unwrap();
         assert_eq!(labs.len(), 3);
         assert_eq!(labs[0].as_ref().unwrap().name.as_str(), "a");
-        assert!(matches!(labs[2], Err(StateError::Parse { .. })), "{:?}", labs[2]);
+        assert!(
+            matches!(labs[2], Err(StateError::Parse { .. })),
+            "{:?}",
+            labs[2]
+        );
         assert_eq!(
             taken_ports(root.path()),
             [40010, 40011, 40020, 40021].into()
