@@ -81,16 +81,28 @@ fn pid_alive(pid: u32) -> bool {
     })
 }
 
+/// The README's path: UEFI → systemd-boot → UKI from a grown copy of the raw image.
 #[test]
-fn lab_create_boots_a_node_that_answers_and_destroy_removes_it() {
+fn lab_from_the_raw_disk_answers_and_destroy_removes_it() {
     let image = image_dir_with(&[&raw_name()]).unwrap();
+    create_check_destroy(&image, &[]);
+}
+
+/// -kernel/-initrd without any disk: STATE in memory.
+#[test]
+fn diskless_kernel_boot_lab_answers_and_destroy_removes_it() {
+    let image = image_dir_with(&["vmlinuz", "initramfs.zst", "cmdline"]).unwrap();
+    create_check_destroy(&image, &["--pxe", "--no-disk"]);
+}
+
+fn create_check_destroy(image: &Path, extra: &[&str]) {
     let lab = Lab {
         bin: basaltctl_binary(),
         labs_root: tempfile::tempdir().unwrap(),
         name: "e2e",
     };
     let image = image.to_str().unwrap().to_owned();
-    let created = lab.run(&[
+    let mut args = vec![
         "lab",
         "create",
         "--name",
@@ -99,7 +111,9 @@ fn lab_create_boots_a_node_that_answers_and_destroy_removes_it() {
         &image,
         "--timeout",
         "600",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let created = lab.run(&args);
     let console = lab.state_dir().join("controlplane-1.log");
     assert!(
         created.status.success(),

@@ -64,6 +64,10 @@ pub struct CreateArgs {
     /// Boot the kernel and initramfs directly (the PXE bundle) instead of the disk image.
     #[arg(long)]
     pub pxe: bool,
+    /// With --pxe: attach no disk; STATE lives in memory and the config does not survive
+    /// a reboot of the VM.
+    #[arg(long)]
+    pub no_disk: bool,
     /// How long to wait for the node to become ready, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 900)]
     pub timeout: u64,
@@ -115,6 +119,7 @@ fn plan_failure(e: PlanError) -> Failure {
         | PlanError::DiskSize { .. }
         | PlanError::NodeCount { .. }
         | PlanError::TooSmall { .. }
+        | PlanError::DisklessNeedsPxe
         | PlanError::ClusterName { .. } => Failure::Invalid(e.into()),
         other => Failure::Runtime(other.into()),
     }
@@ -145,6 +150,7 @@ fn create(args: CreateArgs) -> CmdResult {
         cpus: args.cpus,
         disk_size: args.disk_size,
         pxe: args.pxe,
+        diskless: args.no_disk,
     };
     spec.validate().map_err(plan_failure)?;
     let image_dir = absolute(&args.image_dir);
@@ -237,7 +243,9 @@ fn prepare_and_boot(
             .with_context(|| format!("writing {}", path.display()))
             .map_err(before)?;
     }
-    run::prepare_disk(source, &layout.disk(&node.name), spec.disk_size).map_err(before)?;
+    if !spec.diskless {
+        run::prepare_disk(source, &layout.disk(&node.name), spec.disk_size).map_err(before)?;
+    }
 
     let config = layout.controlplane_config();
     let boot = NodeBoot {
@@ -245,6 +253,7 @@ fn prepare_and_boot(
         node: &node.name,
         source,
         config: &config,
+        disk: !spec.diskless,
         ports,
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
@@ -267,7 +276,7 @@ fn prepare_and_boot(
             pid: vm.pid(),
             ports,
             console_log: layout.console_log(&node.name),
-            disk: layout.disk(&node.name),
+            disk: (!spec.diskless).then(|| layout.disk(&node.name)),
             monitor_socket: layout.monitor_socket(&node.name),
             qmp_socket: layout.qmp_socket(&node.name),
         }],
@@ -299,9 +308,11 @@ fn prepare_and_boot(
         ports.api
     ));
     let started = std::time::Instant::now();
+    let config_yaml = configs.controlplane.to_yaml();
     let outcome = run::wait_until_ready(
         &mut vm,
         &configs.basaltconfig,
+        &config_yaml,
         Duration::from_secs(timeout),
         |p| {
             let secs = started.elapsed().as_secs();
@@ -315,6 +326,7 @@ fn prepare_and_boot(
                     run::READY_SERVICE,
                     state.as_deref().unwrap_or("not started")
                 ),
+                Progress::ApplyingInMaintenance(what) => format!("[{secs}s] {what}"),
             });
         },
     );

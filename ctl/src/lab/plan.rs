@@ -43,6 +43,8 @@ pub enum PlanError {
         value: u64,
         minimum: u64,
     },
+    #[error("--no-disk needs --pxe: a UEFI disk boot has nothing to boot from without the disk")]
+    DisklessNeedsPxe,
     #[error("the lab name {name:?} is not a valid cluster name: {reason}")]
     ClusterName { name: String, reason: String },
     #[error("generating the lab's secrets: {0}")]
@@ -195,6 +197,9 @@ pub struct LabSpec {
     pub disk_size: DiskSize,
     /// Boot with -kernel/-initrd (the PXE bundle's files) instead of the disk image.
     pub pxe: bool,
+    /// No disk at all (only with `pxe`): STATE lives in memory, so the config does not
+    /// survive a reboot of the VM.
+    pub diskless: bool,
 }
 
 /// Below this, containerd and machined do not fit next to the tmpfs root.
@@ -209,6 +214,9 @@ impl LabSpec {
                 controlplanes: self.controlplanes,
                 workers: self.workers,
             });
+        }
+        if self.diskless && !self.pxe {
+            return Err(PlanError::DisklessNeedsPxe);
         }
         if self.memory_mib < MIN_MEMORY_MIB {
             return Err(PlanError::TooSmall {
@@ -391,6 +399,7 @@ mod tests {
             cpus: 2,
             disk_size: "4G".parse().unwrap(),
             pxe: false,
+            diskless: false,
         }
     }
 
@@ -466,6 +475,24 @@ mod tests {
             let err = s.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn diskless_only_with_kernel_boot() {
+        let err = LabSpec {
+            diskless: true,
+            ..spec()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(matches!(err, PlanError::DisklessNeedsPxe), "{err}");
+        LabSpec {
+            diskless: true,
+            pxe: true,
+            ..spec()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

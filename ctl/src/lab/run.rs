@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use basalt_api::{Client, ClientTls, ServiceState, ServiceStatus};
+use basalt_api::{
+    ApplyConfigRequest, ApplyMode, Client, ClientTls, Fingerprint, ServiceState, ServiceStatus,
+};
 use basalt_config::client_config::ClientConfig;
 
 use super::plan::{DiskSize, GUEST_API_PORT, GUEST_KUBERNETES_PORT};
@@ -188,6 +190,8 @@ pub struct NodeBoot<'a> {
     pub node: &'a str,
     pub source: &'a BootSource,
     pub config: &'a Path,
+    /// Attach `<node>.raw` as /dev/vda (false: a diskless kernel boot).
+    pub disk: bool,
     pub ports: NodePorts,
     pub memory_mib: u32,
     pub cpus: u32,
@@ -202,7 +206,6 @@ pub fn node_builder(boot: &NodeBoot<'_>) -> Result<super::qemu::QemuBuilder, Run
     let mut b = Qemu::builder()
         .memory_mib(boot.memory_mib)
         .cpus(boot.cpus)
-        .disk(layout.disk(boot.node))
         .fw_cfg_file(FW_CFG_CONFIG, boot.config)
         .netdev_user(vec![
             (boot.ports.api, GUEST_API_PORT),
@@ -212,6 +215,9 @@ pub fn node_builder(boot: &NodeBoot<'_>) -> Result<super::qemu::QemuBuilder, Run
         .monitor()
         .arg("-qmp")
         .arg(qmp);
+    if boot.disk {
+        b = b.disk(layout.disk(boot.node));
+    }
     match boot.source {
         BootSource::Disk { .. } => {
             let code = Path::new(OVMF_CODE);
@@ -261,6 +267,18 @@ pub enum Progress {
     WaitingForApi(String),
     /// The API answered; the ready service is not healthy yet.
     WaitingForService { state: Option<String> },
+    /// The node found no config (fw_cfg unreadable) and waits in maintenance mode; the
+    /// config is being sent through its API, pinned to the console's fingerprint.
+    ApplyingInMaintenance(String),
+}
+
+/// The maintenance certificate's fingerprint from the last maintenance banner on the
+/// console (a node that rebooted prints a new one).
+pub fn maintenance_fingerprint(console: &str) -> Option<Fingerprint> {
+    console
+        .lines()
+        .rev()
+        .find_map(basalt_api::fingerprint_from_banner)
 }
 
 /// The verdict on one `services` answer: ready when [`READY_SERVICE`] is healthy.
@@ -276,9 +294,16 @@ pub fn ready(services: &[ServiceStatus]) -> Result<(), Progress> {
 
 /// Polls the node API with the lab's admin certificate until containerd is healthy,
 /// QEMU exits or `timeout` passes. `progress` is told what is awaited at each poll.
+///
+/// The config normally reaches the node over fw_cfg. A node that cannot read fw_cfg
+/// (an image without the qemu_fw_cfg module) enters maintenance mode instead; then
+/// `config_yaml` is applied through the maintenance API, pinned to the certificate
+/// fingerprint the console shows, as an operator would with `apply-config
+/// --cert-fingerprint`.
 pub fn wait_until_ready(
     vm: &mut RunningQemu,
     basaltconfig: &ClientConfig,
+    config_yaml: &str,
     timeout: Duration,
     mut progress: impl FnMut(&Progress),
 ) -> Result<(), RunError> {
@@ -300,6 +325,9 @@ pub fn wait_until_ready(
         .build()
         .map_err(RunError::Runtime)?;
     let deadline = Instant::now() + timeout;
+    // The maintenance certificate the config was applied through, so it is sent once
+    // per maintenance boot.
+    let mut applied_to: Option<Fingerprint> = None;
     loop {
         if let Some(status) = vm.try_wait()? {
             return Err(RunError::QemuExited {
@@ -312,7 +340,7 @@ pub fn wait_until_ready(
         let answer = runtime.block_on(async {
             tokio::time::timeout(Duration::from_secs(15), client.services()).await
         });
-        let last = match answer {
+        let mut last = match answer {
             Ok(Ok(services)) => match ready(&services) {
                 Ok(()) => return Ok(()),
                 Err(p) => p,
@@ -320,6 +348,39 @@ pub fn wait_until_ready(
             Ok(Err(e)) => Progress::WaitingForApi(e.to_string()),
             Err(_) => Progress::WaitingForApi("no answer within 15s".into()),
         };
+        if matches!(last, Progress::WaitingForApi(_))
+            && let Some(fp) = maintenance_fingerprint(&vm.console_output().unwrap_or_default())
+            && applied_to.as_ref() != Some(&fp)
+        {
+            progress(&Progress::ApplyingInMaintenance(format!(
+                "the node is in maintenance mode (certificate {fp}); sending the config"
+            )));
+            let pinned = Client::new(endpoint, &ClientTls::Pinned(fp))
+                .map_err(|e| RunError::ClientConfig(e.to_string()))?;
+            let request = ApplyConfigRequest {
+                config: config_yaml.to_owned(),
+                mode: ApplyMode::Auto,
+                try_timeout_seconds: None,
+            };
+            let answer = runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), pinned.apply_config(&request)).await
+            });
+            last = match answer {
+                Ok(Ok(answer)) => {
+                    applied_to = Some(fp);
+                    Progress::ApplyingInMaintenance(format!(
+                        "config applied in maintenance mode: {}",
+                        answer.message
+                    ))
+                }
+                Ok(Err(e)) => {
+                    Progress::ApplyingInMaintenance(format!("applying in maintenance mode: {e}"))
+                }
+                Err(_) => Progress::ApplyingInMaintenance(
+                    "applying in maintenance mode: no answer within 30s".into(),
+                ),
+            };
+        }
         progress(&last);
         if Instant::now() >= deadline {
             let what = match &last {
@@ -330,6 +391,9 @@ pub fn wait_until_ready(
                     "{READY_SERVICE} to be healthy (last state: {})",
                     state.as_deref().unwrap_or("not listed")
                 ),
+                Progress::ApplyingInMaintenance(what) => {
+                    format!("the node to leave maintenance mode (last: {what})")
+                }
             };
             return Err(RunError::Timeout {
                 timeout,
@@ -413,6 +477,20 @@ mod tests {
             restarts: 0,
             since_unix_ms: None,
         }
+    }
+
+    #[test]
+    fn maintenance_fingerprint_is_the_last_banner() {
+        let a = format!("SHA256:{}", ["AB"; 32].join(":"));
+        let b = format!("SHA256:{}", ["CD"; 32].join(":"));
+        let console = format!(
+            "[ 1.0] machined: maintenance mode: API listening on :50000, certificate fingerprint {a}\n\
+             [ 2.0] reboot\n\
+             [ 3.0] machined: maintenance mode: API listening on :50000, certificate fingerprint {b}\n\
+             [ 3.1] machined: phase api done\n"
+        );
+        assert_eq!(maintenance_fingerprint(&console), Some(b.parse().unwrap()));
+        assert_eq!(maintenance_fingerprint("machined: phase config done"), None);
     }
 
     #[test]
@@ -523,6 +601,7 @@ mod tests {
             node: "controlplane-1",
             source: &source,
             config: &config,
+            disk: true,
             ports,
             memory_mib: 2048,
             cpus: 2,

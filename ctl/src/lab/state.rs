@@ -140,7 +140,8 @@ pub struct NodeRecord {
     pub pid: Option<u32>,
     pub ports: NodePorts,
     pub console_log: PathBuf,
-    pub disk: PathBuf,
+    /// `None` for a diskless (`--pxe --no-disk`) node.
+    pub disk: Option<PathBuf>,
     pub monitor_socket: PathBuf,
     pub qmp_socket: PathBuf,
 }
@@ -256,7 +257,7 @@ mod tests {
                     kubernetes: api + 1,
                 },
                 console_log: layout.console_log("controlplane-1"),
-                disk: layout.disk("controlplane-1"),
+                disk: Some(layout.disk("controlplane-1")),
                 monitor_socket: layout.monitor_socket("controlplane-1"),
                 qmp_socket: layout.qmp_socket("controlplane-1"),
             }],
