@@ -5,6 +5,18 @@
 #[path = "../../machined/src/api/mod.rs"]
 mod api;
 
+/// machined's API logs through `crate::log` (kmsg and the console on a node); here its
+/// lines go to the test's stderr.
+#[allow(unused_macros)]
+mod log {
+    macro_rules! error { ($($arg:tt)*) => { eprintln!($($arg)*) }; }
+    macro_rules! warning { ($($arg:tt)*) => { eprintln!($($arg)*) }; }
+    macro_rules! info { ($($arg:tt)*) => { eprintln!($($arg)*) }; }
+    macro_rules! debug { ($($arg:tt)*) => { eprintln!($($arg)*) }; }
+    #[allow(unused_imports)]
+    pub(crate) use {debug, error, info, warning};
+}
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
