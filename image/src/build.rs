@@ -208,6 +208,13 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     b
 }
 
+/// End a step's progress display and log how long it took.
+fn done(s: ProgressBar) {
+    let (msg, took) = (s.message(), s.elapsed());
+    s.finish_and_clear();
+    eprintln!("{msg}: {:.1}s", took.as_secs_f64());
+}
+
 fn spinner(what: &str) -> ProgressBar {
     let s = ProgressBar::new_spinner();
     s.set_message(what.to_owned());
@@ -222,7 +229,7 @@ pub fn gather_inputs(cache: &Cache, lock: &Lock) -> anyhow::Result<BuildInputs> 
         dirs.insert(p.name.clone(), crate::deb::extracted(cache, p)?);
         b.inc(1);
     }
-    b.finish_and_clear();
+    done(b);
     let mut kernel = None;
     let mut stub = None;
     for p in lock.packages.iter().filter(|p| p.role == Role::Boot) {
@@ -314,7 +321,7 @@ fn workspace_binaries(
         .env_remove("RUSTFLAGS")
         .output()
         .context("running cargo build for basalt-init and machined")?;
-    s.finish_and_clear();
+    done(s);
     if !out.status.success() {
         bail!(
             "cargo build --release -p basalt-init -p machined failed (or use --binaries DIR):\n{}",
@@ -553,7 +560,7 @@ fn squash(tree: &Tree, dest: &Path, epoch: u64) -> anyhow::Result<()> {
         .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .context("running mksquashfs (apt-get install squashfs-tools)")?;
-    s.finish_and_clear();
+    done(s);
     if !out.status.success() {
         bail!(
             "mksquashfs failed: {}",
@@ -630,7 +637,7 @@ pub fn build(workspace: &Path, cache: &Cache, lock: &Lock, args: &BuildArgs) -> 
     crate::cpio::write(&initrd, epoch, &mut cpio)?;
     let s = spinner("compressing initramfs");
     let initramfs = zstd_bytes(&cpio, 9)?;
-    s.finish_and_clear();
+    done(s);
     write(&out.join("initramfs.zst"), &initramfs)?;
 
     // PXE bundle.
@@ -695,7 +702,7 @@ pub fn build(workspace: &Path, cache: &Cache, lock: &Lock, args: &BuildArgs) -> 
     } else {
         let _ = std::fs::remove_file(out.join(format!("{}.zst", raw_name())));
     }
-    s.finish_and_clear();
+    done(s);
 
     // SBOM and sums.
     let cargo_lock =
