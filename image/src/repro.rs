@@ -297,10 +297,8 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let p = e?.path();
-        if p.is_file() {
-            if let Some(name) = p.file_name() {
-                std::fs::copy(&p, to.join(name))?;
-            }
+        if let Some(name) = p.file_name().filter(|_| p.is_file()) {
+            std::fs::copy(&p, to.join(name))?;
         }
     }
     Ok(())
