@@ -179,7 +179,7 @@ fn create(args: CreateArgs) -> CmdResult {
             Err(e)
         }
         Err(After { running, failure }) => {
-            eprintln!(
+            let hint = format!(
                 "{} Console log: {}\nRemove it with: basaltctl lab destroy {}",
                 if running {
                     "The VM was left running for inspection."
@@ -189,7 +189,11 @@ fn create(args: CreateArgs) -> CmdResult {
                 layout.console_log(&spec.nodes()[0].name).display(),
                 name_flags(&args.lab)
             );
-            Err(failure)
+            // The hint goes after the cause, which main prints last.
+            Err(match failure {
+                Failure::Runtime(e) => Failure::Runtime(anyhow!("{e:#}\n\n{hint}")),
+                Failure::Invalid(e) => Failure::Invalid(anyhow!("{e:#}\n\n{hint}")),
+            })
         }
         Ok(record) => {
             print_ready(&record, &args.lab);
