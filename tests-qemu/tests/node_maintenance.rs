@@ -178,8 +178,10 @@ fn no_config_maintenance_then_apply_boots_without_reboot() {
 
 #[test]
 fn bad_config_over_fw_cfg_is_shown_and_refused_again_by_the_api() {
-    // metal requires machine.install: a config without it is invalid for this node.
-    let cluster = cluster(None);
+    // Two problems: metal requires machine.install, and a file written twice.
+    let mut cluster = cluster(None);
+    let again = cluster.controlplane.machine.files[0].clone();
+    cluster.controlplane.machine.files.push(again);
     let work = tempfile::tempdir().unwrap();
     let bad = cluster.controlplane.to_yaml();
     let path = write_config(work.path(), "bad.yaml", &bad);
@@ -188,12 +190,23 @@ fn bad_config_over_fw_cfg_is_shown_and_refused_again_by_the_api() {
         &mut vm,
         &[
             "machined: config: the config from fw_cfg",
-            "machined: config: machine.install: is required in metal mode",
             basalt_api::MAINTENANCE_BANNER,
+            "machined: config from fw_cfg",
         ],
     );
     assert!(lines[0].contains("is invalid"), "{}", lines[0]);
-    let fingerprint = basalt_api::fingerprint_from_banner(&lines[2]).unwrap();
+    assert!(lines[2].ends_with("is invalid (2 problems):"), "{}", lines[2]);
+    // Every problem on a line of its own.
+    let (_, _) = vm
+        .wait_for_console("machined: config: machine.install: is required in metal mode", BOOT)
+        .map(|l| (l, ()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_console(
+        "machined: config: machine.files[1].path: /var/lib/basalt-test/hello.txt is already written by machine.files[0]",
+        BOOT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let fingerprint = basalt_api::fingerprint_from_banner(&lines[1]).unwrap();
     let port = vm.host_port(50000).unwrap();
     let rt = runtime();
     let pinned =
@@ -208,6 +221,7 @@ fn bad_config_over_fw_cfg_is_shown_and_refused_again_by_the_api() {
     assert_eq!(err.status(), Some(422), "{err}");
     let text = err.to_string();
     assert!(text.contains("machine.install"), "{text}");
+    assert!(text.contains("machine.files[1].path"), "{text}");
     // Still in maintenance mode.
     assert!(rt.block_on(pinned.version()).unwrap().maintenance);
     vm.kill();

@@ -486,6 +486,11 @@ impl Client {
                         .await
                     {
                         warning!("network: DHCP release on {} failed: {e}", self.link);
+                    } else {
+                        info!(
+                            "network: released the DHCP lease {} on {}",
+                            lease.address, self.link
+                        );
                     }
                     self.unbind(&lease).await;
                     break;
