@@ -47,6 +47,10 @@ impl Node {
         }
     }
 
+    pub fn stage(&self) -> Stage {
+        lock(&self.stage).clone()
+    }
+
     pub fn set_stage(&self, stage: Stage) {
         *lock(&self.stage) = stage;
     }
