@@ -62,7 +62,9 @@ ext4
 vfat
 nls_cp437
 nls_iso8859-1
-nls_ascii optional
+nls_ascii
+isofs
+qemu_fw_cfg optional
 efivarfs optional
 bridge
 br_netfilter
@@ -391,6 +393,8 @@ pub fn stage_rootfs(
         "/var",
         "/etc",
         "/mnt",
+        // STATE's mount point: the rootfs is read-only, so machined cannot create it.
+        "/system/state",
         "/opt/cni/bin",
         "/usr/local/bin",
     ] {
@@ -527,7 +531,7 @@ fn mksquashfs_version() -> String {
         .unwrap_or_default()
 }
 
-/// rootfs.sqsh from the staged tree: zstd, root-owned, every time = epoch. mksquashfs
+/// rootfs.sqsh from the staged tree: xz (x86 BCJ), root-owned, every time = epoch. mksquashfs
 /// (≥ 4.4) writes the same image whatever the number of threads; repro-check verifies.
 fn squash(tree: &Tree, dest: &Path, epoch: u64) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir().context("creating the rootfs staging directory")?;
@@ -543,10 +547,13 @@ fn squash(tree: &Tree, dest: &Path, epoch: u64) -> anyhow::Result<()> {
             "-noappend",
             "-all-root",
             "-no-xattrs",
+            // xz with the x86 branch filter packs the Go and Rust binaries that make up
+            // most of the rootfs 12 % tighter than zstd -19 (33.7 vs 38.5 MB measured),
+            // which keeps the initramfs inside its 40 MB budget.
             "-comp",
-            "zstd",
-            "-Xcompression-level",
-            "19",
+            "xz",
+            "-Xbcj",
+            "x86",
             "-b",
             "1M",
             "-no-progress",
