@@ -264,4 +264,21 @@ mod tests {
         let redacted = controlplane().redacted();
         assert!(ServerIdentity::for_node(&redacted, "cp-1", &[]).is_err());
     }
+
+    #[test]
+    fn a_worker_serves_self_signed_but_verifies_clients_against_the_api_ca() {
+        let mut config = controlplane();
+        config.machine.ca.key = None;
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 5, 0, 3));
+        let identity = ServerIdentity::self_signed_for_worker(&config, "w-1", &[ip]).unwrap();
+        // Clients are still checked against the cluster's API CA …
+        assert_eq!(identity.api_ca_pem, config.machine.ca.crt.as_str());
+        mutual(&identity).unwrap();
+        // … while the served certificate names the worker and is identified by its pin.
+        let info = pki::check_certificate_pem(&identity.cert_pem).unwrap();
+        assert!(info.dns_names.contains(&"w-1".to_owned()));
+        assert!(info.ip_addresses.contains(&ip));
+        let der = pki::certificate_der(&identity.cert_pem).unwrap();
+        assert_eq!(identity.fingerprint().unwrap(), Fingerprint::of_der(&der));
+    }
 }
