@@ -322,18 +322,14 @@ impl ClientConfig {
     /// to its certificate. `origin` names the document in errors.
     pub fn parse(origin: &str, text: &str) -> Result<ClientConfig, ClientConfigError> {
         let de = serde_yaml::Deserializer::from_str(text);
-        let config: ClientConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            ClientConfigError::Parse {
-                path: origin.to_owned(),
-                field: if field == "." {
-                    "(document)".into()
-                } else {
-                    field
-                },
-                reason: e.into_inner().to_string(),
-            }
-        })?;
+        let config: ClientConfig =
+            crate::parse::deserialize_with_path(de).map_err(|(field, reason)| {
+                ClientConfigError::Parse {
+                    path: origin.to_owned(),
+                    field,
+                    reason,
+                }
+            })?;
         config.check(origin)?;
         Ok(config)
     }

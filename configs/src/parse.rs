@@ -62,17 +62,26 @@ where
     D::Error: std::fmt::Display,
     T: DeserializeOwned,
 {
-    serde_path_to_error::deserialize(tree).map_err(|e| {
+    deserialize_with_path(tree).map_err(|(path, message)| ParseError::Field { path, message })
+}
+
+/// Deserialises strictly and, on failure, returns the dotted path of the offending
+/// field (`(document)` for the root) with serde's message — the one shape every
+/// document this crate reads (configs, secrets bundles, client configs) reports.
+pub(crate) fn deserialize_with_path<'de, D, T>(de: D) -> Result<T, (String, String)>
+where
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+    T: DeserializeOwned,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." {
             "(document)".to_owned()
         } else {
             path
         };
-        ParseError::Field {
-            path,
-            message: e.into_inner().to_string(),
-        }
+        (path, e.into_inner().to_string())
     })
 }
 

@@ -250,18 +250,14 @@ impl SecretsBundle {
     /// redacted. `origin` names the document in errors.
     pub fn from_yaml(origin: &str, text: &str) -> Result<SecretsBundle, SecretsError> {
         let de = serde_yaml::Deserializer::from_str(text);
-        let bundle: SecretsBundle = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            SecretsError::Parse {
-                origin: origin.to_owned(),
-                field: if field == "." {
-                    "(document)".into()
-                } else {
-                    field
-                },
-                reason: e.into_inner().to_string(),
-            }
-        })?;
+        let bundle: SecretsBundle =
+            crate::parse::deserialize_with_path(de).map_err(|(field, reason)| {
+                SecretsError::Parse {
+                    origin: origin.to_owned(),
+                    field,
+                    reason,
+                }
+            })?;
         bundle.check(origin)?;
         Ok(bundle)
     }

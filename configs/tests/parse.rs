@@ -173,7 +173,9 @@ fn accepted_spellings_are_normalised() {
 
 #[test]
 fn yaml_flow_mapping_is_not_mistaken_for_json() {
-    let json = MachineConfig::from_yaml(&data("worker.yaml")).unwrap().to_json();
+    let json = MachineConfig::from_yaml(&data("worker.yaml"))
+        .unwrap()
+        .to_json();
     let tree: serde_json::Value = serde_json::from_str(&json).unwrap();
     // serde_json writes valid JSON; strip the quotes from keys to make it YAML-only.
     let flow = tree.to_string().replace("\"version\":", "version: ");
