@@ -76,7 +76,9 @@ fn disk_boot_with_fw_cfg_mtls_reboot_reads_state_and_shuts_down() {
         ],
     );
     assert!(
-        lines[1].contains("STATE") && lines[1].contains("EPHEMERAL") && lines[1].contains("config stored on STATE"),
+        lines[1].contains("STATE")
+            && lines[1].contains("EPHEMERAL")
+            && lines[1].contains("config stored on STATE"),
         "{}",
         lines[1]
     );
@@ -127,14 +129,22 @@ fn disk_boot_with_fw_cfg_mtls_reboot_reads_state_and_shuts_down() {
     assert!(err.status().is_none(), "a foreign CA must fail TLS: {err}");
     // Nor does a client without any certificate, pinning or not.
     let anonymous = Client::new(&format!("localhost:{port}"), &ClientTls::Insecure).unwrap();
-    assert!(rt.block_on(anonymous.services()).unwrap_err().status().is_none());
+    assert!(
+        rt.block_on(anonymous.services())
+            .unwrap_err()
+            .status()
+            .is_none()
+    );
 
     // Graceful reboot: services stop in reverse order, DHCP released, disks unmounted.
     let at = vm.console_output().unwrap().len();
     let answer = rt.block_on(admin.reboot()).unwrap();
     assert!(answer.message.starts_with("reboot requested"), "{answer:?}");
     let status = vm.wait_for_exit(BOOT).unwrap();
-    assert!(status.success(), "QEMU exits on the guest's reboot (-no-reboot): {status}");
+    assert!(
+        status.success(),
+        "QEMU exits on the guest's reboot (-no-reboot): {status}"
+    );
     let console = vm.console_output().unwrap();
     let down = &console[at..];
     for expected in [
@@ -147,7 +157,10 @@ fn disk_boot_with_fw_cfg_mtls_reboot_reads_state_and_shuts_down() {
         "machined: disks: unmounted /system/state",
         "machined: shutdown: reboot now",
     ] {
-        assert!(down.contains(expected), "{expected:?} missing after the reboot request:\n{down}");
+        assert!(
+            down.contains(expected),
+            "{expected:?} missing after the reboot request:\n{down}"
+        );
     }
     let order = |s: &str| down.find(s).unwrap();
     assert!(order("shutdown: services stopped") < order("shutdown: network stopped"));
@@ -166,7 +179,11 @@ fn disk_boot_with_fw_cfg_mtls_reboot_reads_state_and_shuts_down() {
             "machined: boot complete in ",
         ],
     );
-    assert!(lines[0].contains("mounted at /system/state"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("mounted at /system/state"),
+        "{}",
+        lines[0]
+    );
     assert_no_journal_recovery(&vm.console_output().unwrap());
     let admin = cluster.client(vm.host_port(50000).unwrap(), Role::Admin);
     let services = rt.block_on(eventually(
@@ -174,12 +191,17 @@ fn disk_boot_with_fw_cfg_mtls_reboot_reads_state_and_shuts_down() {
         Duration::from_secs(60),
         || async { admin.services().await.map_err(|e| e.to_string()) },
     ));
-    assert!(services.iter().any(|s| s.name == "apid"
-        && matches!(s.state, ServiceState::Healthy | ServiceState::Running)));
+    assert!(
+        services.iter().any(|s| s.name == "apid"
+            && matches!(s.state, ServiceState::Healthy | ServiceState::Running))
+    );
 
     // Shutdown: QEMU exits by itself.
     let answer = rt.block_on(admin.shutdown()).unwrap();
-    assert!(answer.message.starts_with("poweroff requested"), "{answer:?}");
+    assert!(
+        answer.message.starts_with("poweroff requested"),
+        "{answer:?}"
+    );
     let status = vm.wait_for_exit(Duration::from_secs(120)).unwrap();
     assert!(status.success(), "{status}");
     let console = vm.console_output().unwrap();

@@ -50,7 +50,9 @@ fn no_config_maintenance_then_apply_boots_without_reboot() {
     );
     let banner = &lines[2];
     assert!(
-        banner.contains("machined: maintenance mode: API listening on :50000, certificate fingerprint SHA256:"),
+        banner.contains(
+            "machined: maintenance mode: API listening on :50000, certificate fingerprint SHA256:"
+        ),
         "{banner}"
     );
     let fingerprint = basalt_api::fingerprint_from_banner(banner).unwrap();
@@ -63,8 +65,11 @@ fn no_config_maintenance_then_apply_boots_without_reboot() {
     let err = rt.block_on(impostor.version()).unwrap_err();
     assert!(err.status().is_none(), "a wrong pin must fail TLS: {err}");
 
-    let pinned =
-        Client::new(&format!("127.0.0.1:{port}"), &ClientTls::Pinned(fingerprint)).unwrap();
+    let pinned = Client::new(
+        &format!("127.0.0.1:{port}"),
+        &ClientTls::Pinned(fingerprint),
+    )
+    .unwrap();
     let version = rt.block_on(pinned.version()).unwrap();
     assert!(version.maintenance);
     // In maintenance mode nothing but version and apply is served.
@@ -116,7 +121,10 @@ fn no_config_maintenance_then_apply_boots_without_reboot() {
     let console = vm.console_output().unwrap();
     assert_eq!(
         console
-            .matches(&format!("basalt-init {}: starting", env!("CARGO_PKG_VERSION")))
+            .matches(&format!(
+                "basalt-init {}: starting",
+                env!("CARGO_PKG_VERSION")
+            ))
             .count(),
         1,
         "leaving maintenance mode must not reboot"
@@ -195,10 +203,17 @@ fn bad_config_over_fw_cfg_is_shown_and_refused_again_by_the_api() {
         ],
     );
     assert!(lines[0].contains("is invalid"), "{}", lines[0]);
-    assert!(lines[2].ends_with("is invalid (2 problems):"), "{}", lines[2]);
+    assert!(
+        lines[2].ends_with("is invalid (2 problems):"),
+        "{}",
+        lines[2]
+    );
     // Every problem on a line of its own.
     let (_, _) = vm
-        .wait_for_console("machined: config: machine.install: is required in metal mode", BOOT)
+        .wait_for_console(
+            "machined: config: machine.install: is required in metal mode",
+            BOOT,
+        )
         .map(|l| (l, ()))
         .unwrap_or_else(|e| panic!("{e}"));
     vm.wait_for_console(
@@ -209,8 +224,11 @@ fn bad_config_over_fw_cfg_is_shown_and_refused_again_by_the_api() {
     let fingerprint = basalt_api::fingerprint_from_banner(&lines[1]).unwrap();
     let port = vm.host_port(50000).unwrap();
     let rt = runtime();
-    let pinned =
-        Client::new(&format!("127.0.0.1:{port}"), &ClientTls::Pinned(fingerprint)).unwrap();
+    let pinned = Client::new(
+        &format!("127.0.0.1:{port}"),
+        &ClientTls::Pinned(fingerprint),
+    )
+    .unwrap();
     let err = rt
         .block_on(pinned.apply_config(&ApplyConfigRequest {
             config: bad,

@@ -34,6 +34,10 @@ fn ipxe_over_tftp_boots_the_pxe_bundle_to_maintenance_mode() {
     );
     assert!(lines[2].contains("starting as PID 1"), "{}", lines[2]);
     // The command line came from boot.ipxe, not from QEMU.
-    assert!(lines[3].contains("metal (kernel command line)"), "{}", lines[3]);
+    assert!(
+        lines[3].contains("metal (kernel command line)"),
+        "{}",
+        lines[3]
+    );
     vm.kill();
 }
