@@ -231,7 +231,7 @@ fn prepare_and_boot(
         api: ports[0],
         kubernetes: ports[1],
     };
-    let configs = plan::lab_configs(&spec.name, &node.name, ports.api)
+    let configs = plan::lab_configs(&spec.name, &node.name, ports.api, spec.diskless)
         .map_err(|e| Before(plan_failure(e)))?;
     let basaltconfig_yaml = configs.basaltconfig.to_yaml().map_err(before)?;
     for (path, text) in [

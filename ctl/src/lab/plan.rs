@@ -314,12 +314,14 @@ fn localhost_san() -> SubjectAltName {
 
 /// Generates a lab's secrets and configs in memory: `gen config <name>
 /// https://10.0.2.15:6443` with 127.0.0.1 as an extra SAN (the host reaches the node
-/// through forwards on loopback), /dev/vda as the install disk, DHCP on eth0, and a
-/// basaltconfig pointing at `127.0.0.1:<api_host_port>`.
+/// through forwards on loopback), /dev/vda as the install disk (none for a diskless
+/// node: a config naming a disk the VM lacks fails machined's disks phase), DHCP on
+/// eth0, and a basaltconfig pointing at `127.0.0.1:<api_host_port>`.
 pub fn lab_configs(
     name: &LabName,
     node_name: &str,
     api_host_port: u16,
+    diskless: bool,
 ) -> Result<LabConfigs, PlanError> {
     let cluster_name: ClusterName =
         name.as_str()
@@ -330,10 +332,15 @@ pub fn lab_configs(
             })?;
     let bundle = SecretsBundle::generate()?;
     let mut opts = GenOptions::new(cluster_name, cluster_endpoint());
-    opts.install_disk = GUEST_INSTALL_DISK.parse().ok();
+    opts.install_disk = if diskless {
+        None
+    } else {
+        GUEST_INSTALL_DISK.parse().ok()
+    };
     opts.additional_sans = vec![localhost_san()];
     let (cp, worker) = generate::machine_configs(&bundle, &opts)?;
-    let cp = patch::apply_patches_and_validate(&cp, &[qemu_patch(node_name)?], Mode::Metal)?;
+    let mode = generate::mode_for(&cp);
+    let cp = patch::apply_patches_and_validate(&cp, &[qemu_patch(node_name)?], mode)?;
     let admin = client_config::issue_client_certificate(
         &bundle.api.ca.cert_and_key(),
         Role::Admin,
@@ -518,7 +525,7 @@ mod tests {
     #[test]
     fn lab_configs_fit_qemu_user_networking() {
         let name: LabName = "lab".parse().unwrap();
-        let c = lab_configs(&name, "controlplane-1", 41234).unwrap();
+        let c = lab_configs(&name, "controlplane-1", 41234, false).unwrap();
         c.controlplane.validate(Mode::Metal).unwrap();
         let yaml = c.controlplane.to_yaml();
         let doc: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
@@ -551,6 +558,22 @@ mod tests {
         assert_eq!(ctx.role().unwrap(), Role::Admin);
         // The secrets round-trip, so `gen config --with-secrets` can reuse them.
         SecretsBundle::from_yaml("secrets.yaml", &c.secrets_yaml).unwrap();
+    }
+
+    /// A diskless node gets no machine.install (cloud mode): machined would otherwise
+    /// try to open /dev/vda, which the VM does not have.
+    #[test]
+    fn diskless_configs_name_no_install_disk() {
+        let name: LabName = "lab".parse().unwrap();
+        let c = lab_configs(&name, "controlplane-1", 41234, true).unwrap();
+        assert!(c.controlplane.machine.install.is_none());
+        assert!(c.worker.machine.install.is_none());
+        c.controlplane.validate(Mode::Cloud).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&c.controlplane.to_yaml()).unwrap();
+        assert_eq!(
+            doc["machine"]["network"]["interfaces"][0]["interface"],
+            "eth0"
+        );
     }
 
     #[test]

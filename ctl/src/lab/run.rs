@@ -17,6 +17,8 @@ use super::state::{Layout, NodePorts};
 pub const FW_CFG_CONFIG: &str = "opt/dev.basalt/config";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+/// What a diskless kernel boot runs as: configs without machine.install validate.
+pub const DISKLESS_PLATFORM: &str = "basalt.platform=cloud";
 /// The service whose health means "the node is up" for a lab.
 pub const READY_SERVICE: &str = "containerd";
 
@@ -243,6 +245,11 @@ pub fn node_builder(boot: &NodeBoot<'_>) -> Result<super::qemu::QemuBuilder, Run
             cmdline,
         } => {
             b = b.kernel(vmlinuz).initrd(initramfs).append(cmdline.clone());
+            if !boot.disk {
+                // The image says metal, and metal configs must name an install disk this
+                // VM does not have; the last basalt.platform= wins.
+                b = b.append(DISKLESS_PLATFORM);
+            }
         }
     }
     Ok(b)
@@ -641,6 +648,45 @@ mod tests {
         ] {
             assert!(joined.contains(want), "missing {want:?} in {joined}");
         }
+    }
+
+    #[test]
+    fn diskless_kernel_boots_run_as_cloud_without_a_disk() {
+        let layout = Layout::new("/s/lab");
+        let config = layout.controlplane_config();
+        let source = BootSource::Kernel {
+            vmlinuz: "/img/vmlinuz".into(),
+            initramfs: "/img/initramfs.zst".into(),
+            cmdline: "console=ttyS0 basalt.platform=metal".into(),
+        };
+        let boot = NodeBoot {
+            layout: &layout,
+            node: "controlplane-1",
+            source: &source,
+            config: &config,
+            disk: false,
+            ports: NodePorts {
+                api: 1,
+                kubernetes: 2,
+            },
+            memory_mib: 2048,
+            cpus: 2,
+        };
+        let b = node_builder(&boot).unwrap();
+        assert_eq!(
+            b.cmdline(),
+            "console=ttyS0 basalt.platform=metal basalt.platform=cloud"
+        );
+        let args: Vec<String> = b
+            .args(
+                super::super::accel::Accel::Tcg,
+                &[],
+                Path::new("/s/lab/c.log"),
+            )
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(!args.iter().any(|a| a.contains("virtio-blk")), "{args:?}");
     }
 
     /// A process that is not QEMU of this lab is never signalled.
