@@ -10,7 +10,7 @@ use basalt_config::client_config::{self, ClientConfig, Context, Role};
 use basalt_config::generate::{self, GenOptions};
 use basalt_config::patch::{self, ConfigPatch};
 use basalt_config::secrets::SecretsBundle;
-use basalt_config::{ClusterName, Endpoint, MachineConfig, Mode, SubjectAltName};
+use basalt_config::{ClusterName, Endpoint, MachineConfig, SubjectAltName};
 
 /// The address QEMU's user-mode network (slirp) gives the guest by DHCP. The node sees
 /// itself there, so the cluster endpoint and the certificates name it.
@@ -396,6 +396,7 @@ pub fn allocate_ports(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basalt_config::Mode;
 
     fn spec() -> LabSpec {
         LabSpec {
