@@ -209,13 +209,11 @@ fn bad_config_over_fw_cfg_is_shown_and_refused_again_by_the_api() {
         lines[2]
     );
     // Every problem on a line of its own.
-    let (_, _) = vm
-        .wait_for_console(
-            "machined: config: machine.install: is required in metal mode",
-            BOOT,
-        )
-        .map(|l| (l, ()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_console(
+        "machined: config: machine.install: is required in metal mode",
+        BOOT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     vm.wait_for_console(
         "machined: config: machine.files[1].path: /var/lib/basalt-test/hello.txt is already written by machine.files[0]",
         BOOT,
