@@ -560,7 +560,9 @@ fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), FileError> {
 async fn network(cx: &Context, config: Option<&MachineConfig>) -> Result<((), Outcome), BoxError> {
     let mut slot = cx.network.lock().await;
     if let Some(old) = slot.take() {
-        info!("network: releasing the maintenance network to apply the config's");
+        info!(
+            "network: releasing the DHCP-on-every-link network (maintenance or early) to apply the config's"
+        );
         cx.node.set_network(None);
         old.shutdown().await;
     }

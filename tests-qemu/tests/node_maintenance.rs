@@ -242,3 +242,64 @@ fn bad_config_over_fw_cfg_is_shown_and_refused_again_by_the_api() {
     assert!(rt.block_on(pinned.version()).unwrap().maintenance);
     vm.kill();
 }
+
+/// `basalt.config=<URL>`: the network comes up before the config phase (the config is
+/// fetched over it), then is replaced by the config's own network. The URL is served by
+/// this test on the host; QEMU's user network reaches the host as 10.0.2.2.
+#[test]
+fn config_from_a_cmdline_url_brings_the_network_up_first() {
+    use std::io::{Read, Write};
+    let cluster = cluster(None);
+    let body = cluster.controlplane.to_yaml();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        // One request is all the node makes when the config is good.
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let n = stream.read(&mut request).unwrap();
+        let request = String::from_utf8_lossy(&request[..n]).into_owned();
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        request
+    });
+    let mut vm = kernel_boot(
+        &format!("basalt.platform=cloud basalt.config=http://10.0.2.2:{port}/cp.yaml"),
+        None,
+    );
+    let lines = expect_in_order(
+        &mut vm,
+        &[
+            "machined: phase network done (",
+            &format!("machined: config: fetching http://10.0.2.2:{port}/cp.yaml"),
+            "machined: config from kernel cmdline basalt.config",
+            "machined: phase disks done (",
+            "machined: network: releasing the ",
+            "machined: phase network done (",
+            "machined: phase api done (",
+        ],
+    );
+    assert!(lines[0].contains("10.0.2.15"), "{}", lines[0]);
+    assert!(lines[3].contains("config stored on STATE"), "{}", lines[3]);
+    let request = server.join().unwrap();
+    assert!(
+        request.starts_with("GET /cp.yaml HTTP/1.1\r\n"),
+        "{request}"
+    );
+    let admin = cluster.client(
+        vm.host_port(50000).unwrap(),
+        basalt_config::client_config::Role::Admin,
+    );
+    let rt = runtime();
+    let health = rt.block_on(eventually(
+        "the API of a node configured from a URL",
+        Duration::from_secs(60),
+        || async { admin.health().await.map_err(|e| e.to_string()) },
+    ));
+    assert!(health.checks.iter().any(|c| c.name == "apid"), "{health:?}");
+    vm.kill();
+}
