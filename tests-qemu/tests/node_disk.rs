@@ -111,6 +111,26 @@ fn disk_boot_with_fw_cfg_mtls_reboot_reads_state_and_shuts_down() {
         .unwrap_err();
     assert_eq!(err.status(), Some(403), "{err}");
 
+    // An admin's apply on a running node: stored before the answer; nothing is applied
+    // live yet, so no-reboot is refused before anything is stored and staged waits.
+    let err = rt
+        .block_on(admin.apply_config(&ApplyConfigRequest {
+            config: cluster.controlplane.to_yaml(),
+            mode: ApplyMode::NoReboot,
+            try_timeout_seconds: None,
+        }))
+        .unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    let staged = rt
+        .block_on(admin.apply_config(&ApplyConfigRequest {
+            config: cluster.controlplane.to_yaml(),
+            mode: ApplyMode::Staged,
+            try_timeout_seconds: None,
+        }))
+        .unwrap();
+    assert!(!staged.reboot, "{staged:?}");
+    assert_eq!(staged.message, "stored on STATE; staged for the next boot");
+
     // A certificate from another CA does not get past TLS.
     let other = basalt_config::secrets::SecretsBundle::generate().unwrap();
     let other_ca = other.api.ca.cert_and_key();
