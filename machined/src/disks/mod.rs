@@ -281,19 +281,7 @@ pub fn prepare_disk(device: &Path, paths: &Paths) -> Result<Option<DiskOutcome>,
             ephemeral_flags(),
         ),
     ] {
-        let part = device::partition_path(
-            &paths.sys,
-            &paths.dev,
-            &name,
-            number,
-            Duration::from_secs(10),
-        )?;
-        let head = device::read_head(&part, label::PROBE_LEN).map_err(|source| DiskError::Io {
-            action: "reading the superblock of",
-            path: part.clone(),
-            source,
-        })?;
-        let found = label::probe(&head);
+        let (part, found) = probe_partition(paths, &name, number, Duration::from_secs(10))?;
         // A partition created a moment ago holds whatever bytes the disk had there
         // before; it is ours to format whatever they look like.
         let decision = if created.contains(&label) {
@@ -419,19 +407,8 @@ pub fn mount_existing_state(paths: &Paths) -> Result<Option<PathBuf>, DiskError>
     let name = device::kernel_name(&device)?;
     register(&disk, &paths.sys, &name, &table, number)?;
     drop(disk);
-    let part = device::partition_path(
-        &paths.sys,
-        &paths.dev,
-        &name,
-        number,
-        Duration::from_secs(5),
-    )?;
-    let head = device::read_head(&part, label::PROBE_LEN).map_err(|source| DiskError::Io {
-        action: "reading the superblock of",
-        path: part.clone(),
-        source,
-    })?;
-    if plan::format_decision(&label::probe(&head), STATE_LABEL) != FormatDecision::Mount {
+    let (part, found) = probe_partition(paths, &name, number, Duration::from_secs(5))?;
+    if plan::format_decision(&found, STATE_LABEL) != FormatDecision::Mount {
         info!(
             "disks: {} is not formatted yet; the disks phase will do it",
             part.display()
@@ -532,4 +509,22 @@ pub fn unmount_all() -> Result<(), DiskError> {
     } else {
         Err(DiskError::Unmount(failed))
     }
+}
+
+/// Waits for partition `number` of disk `name` to appear and reads which filesystem
+/// it holds, so first-boot formatting and the early STATE mount decide from the same
+/// probe.
+fn probe_partition(
+    paths: &Paths,
+    name: &str,
+    number: u32,
+    timeout: Duration,
+) -> Result<(PathBuf, label::Filesystem), DiskError> {
+    let part = device::partition_path(&paths.sys, &paths.dev, name, number, timeout)?;
+    let head = device::read_head(&part, label::PROBE_LEN).map_err(|source| DiskError::Io {
+        action: "reading the superblock of",
+        path: part.clone(),
+        source,
+    })?;
+    Ok((part, label::probe(&head)))
 }
