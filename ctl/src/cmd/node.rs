@@ -460,20 +460,7 @@ async fn run_async(
                 &clients,
                 o.output,
                 |c| async move { c.services().await },
-                |r| {
-                    render(
-                        r.len() > 1,
-                        &["SERVICE", "STATE", "RESTARTS", "MESSAGE"],
-                        rows(r, |s| {
-                            vec![
-                                s.name.clone(),
-                                s.state.to_string(),
-                                s.restarts.to_string(),
-                                s.message.clone(),
-                            ]
-                        }),
-                    )
-                },
+                services_table,
             )
             .await
         }
@@ -513,20 +500,7 @@ async fn run_async(
                             Ok(found)
                         }
                     },
-                    |r| {
-                        render(
-                            r.len() > 1,
-                            &["SERVICE", "STATE", "RESTARTS", "MESSAGE"],
-                            rows(r, |s| {
-                                vec![
-                                    s.name.clone(),
-                                    s.state.to_string(),
-                                    s.restarts.to_string(),
-                                    s.message.clone(),
-                                ]
-                            }),
-                        )
-                    },
+                    services_table,
                 )
                 .await
             }
@@ -663,6 +637,22 @@ async fn run_async(
             Ok(())
         }
     }
+}
+
+/// The services table, for `services` and `service NAME` alike.
+fn services_table(r: &[(String, Vec<basalt_api::ServiceStatus>)]) -> String {
+    render(
+        r.len() > 1,
+        &["SERVICE", "STATE", "RESTARTS", "MESSAGE"],
+        rows(r, |s| {
+            vec![
+                s.name.clone(),
+                s.state.to_string(),
+                s.restarts.to_string(),
+                s.message.clone(),
+            ]
+        }),
+    )
 }
 
 fn accepted_table(r: &[(String, basalt_api::ActionAccepted)]) -> String {
