@@ -214,11 +214,7 @@ impl Netlink {
         name: &str,
         route: &PlannedRoute,
     ) -> Result<(), NetworkError> {
-        let msg = route_message(index, route).map_err(|reason| NetworkError::BadRoute {
-            name: name.to_owned(),
-            destination: route.destination,
-            reason,
-        })?;
+        let msg = checked_route_message(index, name, route)?;
         self.handle
             .route()
             .add(msg)
@@ -234,11 +230,7 @@ impl Netlink {
         name: &str,
         route: &PlannedRoute,
     ) -> Result<(), NetworkError> {
-        let msg = route_message(index, route).map_err(|reason| NetworkError::BadRoute {
-            name: name.to_owned(),
-            destination: route.destination,
-            reason,
-        })?;
+        let msg = checked_route_message(index, name, route)?;
         self.handle
             .route()
             .del(msg)
@@ -249,6 +241,20 @@ impl Netlink {
                 route.destination
             )))
     }
+}
+
+/// [`route_message`], with a refusal reported as the route of link `name` it concerns:
+/// adding and deleting a route must build (and refuse) the same message.
+fn checked_route_message(
+    index: u32,
+    name: &str,
+    route: &PlannedRoute,
+) -> Result<RouteMessage, NetworkError> {
+    route_message(index, route).map_err(|reason| NetworkError::BadRoute {
+        name: name.to_owned(),
+        destination: route.destination,
+        reason,
+    })
 }
 
 fn route_message(index: u32, route: &PlannedRoute) -> Result<RouteMessage, String> {
