@@ -115,6 +115,7 @@ pub fn machine_configs(
             MachineType::Worker => secrets.api.ca.certificate_only(),
         },
         cert_sans: sans.clone(),
+        token: Some(secrets.machine_token.clone()),
     };
     let cluster_common = ClusterSpec {
         name: opts.cluster_name.clone(),
@@ -227,6 +228,15 @@ mod tests {
         assert!(worker_yaml.contains(secrets.kubernetes.ca.crt.as_str().lines().nth(1).unwrap()));
         let cp_yaml = cp.to_yaml();
         assert_eq!(cp_yaml.matches("BEGIN PRIVATE KEY").count(), 5, "{cp_yaml}");
+    }
+
+    #[test]
+    fn both_configs_carry_the_bundles_machine_token() {
+        let secrets = SecretsBundle::generate().unwrap();
+        assert_ne!(secrets.machine_token, secrets.bootstrap_token);
+        let (cp, worker) = machine_configs(&secrets, &opts()).unwrap();
+        assert_eq!(cp.machine.token.as_ref(), Some(&secrets.machine_token));
+        assert_eq!(worker.machine.token.as_ref(), Some(&secrets.machine_token));
     }
 
     #[test]

@@ -107,6 +107,11 @@ pub struct MachineSpec {
     /// Extra names/addresses for the node API's serving certificate.
     #[serde(rename = "certSANs", default, skip_serializing_if = "Vec::is_empty")]
     pub cert_sans: Vec<SubjectAltName>,
+    /// The machine token (Talos: `machine.token`), shared by the cluster's nodes: it
+    /// authorises a worker's request to a control plane's trustd for an API serving
+    /// certificate. A worker without it serves a self-signed certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<BootstrapToken>,
 }
 
 /// `machine.install`: where the image goes on first boot (metal).

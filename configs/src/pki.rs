@@ -54,6 +54,10 @@ pub enum PkiError {
     InvalidSan { san: String, reason: String },
     #[error("issuing the certificate for {subject}: {reason}")]
     Issue { subject: String, reason: String },
+    #[error("the certificate signing request cannot be read: {reason}")]
+    CsrUnreadable { reason: String },
+    #[error("refusing the certificate signing request: {reason}")]
+    CsrRefused { reason: String },
 }
 
 /// What [`check_certificate_pem`] learned about a certificate.
@@ -419,6 +423,172 @@ pub fn issue_leaf(ca: &CertAndKey, spec: &LeafSpec) -> Result<CertAndKey, PkiErr
     })
 }
 
+/// How long a server certificate signed from a node's CSR ([`sign_server_csr`]) is valid.
+/// Shorter than other leaves: the worker asks again at every boot and before expiry.
+pub const CSR_SERVER_VALIDITY: Duration = Duration::days(90);
+/// The most subject alternative names a CSR may ask for; a node has a handful.
+pub const MAX_CSR_SANS: usize = 64;
+/// The largest CSR accepted, PEM text (one P-256 key and [`MAX_CSR_SANS`] names fit).
+pub const MAX_CSR_PEM_BYTES: usize = 16 * 1024;
+
+/// A PKCS#10 certificate signing request (PEM) for a TLS server: `common_name` as the
+/// subject, `sans` (DNS names and IP addresses) as subject alternative names, signed with
+/// `key_pem` (PKCS#8 P-256). Asks for exactly what [`sign_server_csr`] grants.
+pub fn server_csr(key_pem: &str, common_name: &str, sans: &[String]) -> Result<String, PkiError> {
+    let key = parse_private_key_pem(key_pem)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<Vec<_>, _>>()?;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .map_err(|e| PkiError::Issue {
+            subject: common_name.to_owned(),
+            reason: format!("building the certificate signing request: {e}"),
+        })?;
+    Ok(csr)
+}
+
+/// Signs a node's CSR as a TLS server certificate, with `ca`. The policy, checked before
+/// anything is signed: the request's signature is valid, its key is ECDSA P-256, its
+/// subject is a common name only (an Organization would be a role), it names 1 to
+/// [`MAX_CSR_SANS`] DNS names or IP addresses, and it asks for nothing beyond a server
+/// leaf (no CA, key usages within digitalSignature + keyEncipherment, extended key usage
+/// serverAuth only, no other extension). The certificate is built from the policy, not
+/// from the request: CA:FALSE, keyUsage digitalSignature + keyEncipherment, serverAuth,
+/// the requested names, valid for [`CSR_SERVER_VALIDITY`].
+pub fn sign_server_csr(ca: &CertAndKey, csr_pem: &str) -> Result<String, PkiError> {
+    let refused = |reason: String| PkiError::CsrRefused { reason };
+    if csr_pem.len() > MAX_CSR_PEM_BYTES {
+        return Err(refused(format!(
+            "it is {} bytes, more than the {MAX_CSR_PEM_BYTES} a node's request needs",
+            csr_pem.len()
+        )));
+    }
+    let request =
+        rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {
+            rcgen::Error::UnsupportedExtension => refused(
+                "it asks for an extension other than subjectAltName, keyUsage, \
+                 extendedKeyUsage and basicConstraints"
+                    .to_owned(),
+            ),
+            other => PkiError::CsrUnreadable {
+                reason: other.to_string(),
+            },
+        })?;
+    let raw = rcgen::PublicKeyData::der_bytes(&request.public_key);
+    if request.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256
+        || raw.len() != 65
+        || raw[0] != 0x04
+    {
+        return Err(refused("its key is not ECDSA P-256".to_owned()));
+    }
+    let wanted = &request.params;
+    if let IsCa::Ca(_) = wanted.is_ca {
+        return Err(refused(
+            "it asks to be a certificate authority (basicConstraints CA:TRUE)".to_owned(),
+        ));
+    }
+    if let Some(usage) = wanted.key_usages.iter().find(|u| {
+        !matches!(
+            u,
+            KeyUsagePurpose::DigitalSignature | KeyUsagePurpose::KeyEncipherment
+        )
+    }) {
+        return Err(refused(format!(
+            "it asks for key usage {usage:?}; a server certificate gets digitalSignature and keyEncipherment only"
+        )));
+    }
+    if let Some(usage) = wanted
+        .extended_key_usages
+        .iter()
+        .find(|u| **u != ExtendedKeyUsagePurpose::ServerAuth)
+    {
+        return Err(refused(format!(
+            "it asks for extended key usage {usage:?}; only serverAuth is signed"
+        )));
+    }
+    let mut common_name = None;
+    for (ty, value) in wanted.distinguished_name.iter() {
+        match (ty, value) {
+            (DnType::CommonName, value) => common_name = Some(dn_text(value)),
+            (other, _) => {
+                return Err(refused(format!(
+                    "its subject carries {other:?}; only a common name is accepted (an organization would grant an API role)"
+                )));
+            }
+        }
+    }
+    if wanted.subject_alt_names.is_empty() {
+        return Err(refused(
+            "it names no DNS name or IP address to serve".to_owned(),
+        ));
+    }
+    if wanted.subject_alt_names.len() > MAX_CSR_SANS {
+        return Err(refused(format!(
+            "it names {} subject alternative names, more than {MAX_CSR_SANS}",
+            wanted.subject_alt_names.len()
+        )));
+    }
+    for name in &wanted.subject_alt_names {
+        if !matches!(name, SanType::DnsName(_) | SanType::IpAddress(_)) {
+            return Err(refused(format!(
+                "it names {name:?}; only DNS names and IP addresses are signed"
+            )));
+        }
+    }
+    let common_name = common_name.unwrap_or_else(|| match &wanted.subject_alt_names[0] {
+        SanType::DnsName(name) => name.as_str().to_owned(),
+        SanType::IpAddress(ip) => ip.to_string(),
+        _ => String::new(),
+    });
+
+    let ca_info = check_certificate_pem(&ca.cert_pem)?;
+    if !ca_info.is_ca {
+        return Err(PkiError::NotACertificateAuthority {
+            subject: ca_info.subject_name(),
+        });
+    }
+    check_key_pair(&ca.cert_pem, &ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, parse_private_key_pem(&ca.key_pem)?)
+        .map_err(|e| PkiError::CertificateDer {
+            reason: format!("reading the CA {}: {e}", ca_info.subject_name()),
+        })?;
+    let mut params = base_params(&common_name, None, CSR_SERVER_VALIDITY)?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.subject_alt_names = wanted.subject_alt_names.clone();
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
+        .signed_by(&request.public_key, &issuer)
+        .map_err(|e| PkiError::Issue {
+            subject: common_name.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(cert.pem())
+}
+
+fn dn_text(value: &rcgen::DnValue) -> String {
+    match value {
+        rcgen::DnValue::Utf8String(s) => s.clone(),
+        rcgen::DnValue::PrintableString(s) => s.as_str().to_owned(),
+        rcgen::DnValue::Ia5String(s) => s.as_str().to_owned(),
+        rcgen::DnValue::TeletexString(s) => s.as_str().to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// A self-signed server certificate (serverAuth, CA:FALSE) with a fresh key, for a
 /// node in maintenance mode: it has no API CA yet, so the operator checks the
 /// certificate's [`fingerprint_sha256`] printed on the console instead of a chain.
@@ -547,5 +717,142 @@ mod tests {
                 && p.chars()
                     .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c))
         }));
+    }
+
+    // --- CSR signing policy (trustd) ---
+
+    fn csr_with(key: &KeyPair, edit: impl FnOnce(&mut CertificateParams)) -> String {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "w-1");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![san("w-1").unwrap(), san("10.5.0.3").unwrap()];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        edit(&mut params);
+        params.serialize_request(key).unwrap().pem().unwrap()
+    }
+
+    fn refusal(ca: &CertAndKey, csr: &str) -> String {
+        match sign_server_csr(ca, csr) {
+            Err(PkiError::CsrRefused { reason }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_csr_is_signed_as_a_bounded_server_leaf_for_its_names() {
+        let ca = generate_ca("basalt-api", None).unwrap();
+        let key = generate_key_pem().unwrap();
+        let csr = server_csr(
+            &key,
+            "w-1",
+            &["w-1".into(), "localhost".into(), "10.5.0.3".into()],
+        )
+        .unwrap();
+        let cert = sign_server_csr(&ca, &csr).unwrap();
+        // The certificate carries the requester's key, not one the signer made up.
+        check_key_pair(&cert, &key).unwrap();
+        let info = check_certificate_pem(&cert).unwrap();
+        assert!(!info.is_ca);
+        assert_eq!(info.common_name.as_deref(), Some("w-1"));
+        assert_eq!(info.dns_names, ["w-1", "localhost"]);
+        assert_eq!(info.ip_addresses, ["10.5.0.3".parse::<IpAddr>().unwrap()]);
+        let lifetime = info.not_after - info.not_before;
+        assert!(lifetime <= CSR_SERVER_VALIDITY + BACKDATE, "{lifetime}");
+        let der = certificate_der(&cert).unwrap();
+        let (_, x509) = X509Certificate::from_der(&der).unwrap();
+        let eku = x509.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth && !eku.any && eku.other.is_empty());
+        let ku = x509.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && !ku.key_cert_sign() && !ku.crl_sign());
+        // Issued by the CA: the signature checks with the CA's public key.
+        let ca_der = certificate_der(&ca.cert_pem).unwrap();
+        let (_, ca_x509) = X509Certificate::from_der(&ca_der).unwrap();
+        x509.verify_signature(Some(ca_x509.public_key())).unwrap();
+    }
+
+    #[test]
+    fn a_csr_asking_for_more_than_a_server_leaf_is_refused() {
+        let ca = generate_ca("basalt-api", None).unwrap();
+        let key = generate_key().unwrap();
+        let cases: Vec<(&str, String)> = vec![
+            (
+                "certificate authority",
+                csr_with(&key, |p| {
+                    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+                }),
+            ),
+            (
+                "ClientAuth",
+                csr_with(&key, |p| {
+                    p.extended_key_usages
+                        .push(ExtendedKeyUsagePurpose::ClientAuth)
+                }),
+            ),
+            (
+                "KeyCertSign",
+                csr_with(&key, |p| p.key_usages = vec![KeyUsagePurpose::KeyCertSign]),
+            ),
+            (
+                "OrganizationName",
+                csr_with(&key, |p| {
+                    p.distinguished_name
+                        .push(DnType::OrganizationName, "basalt:admin")
+                }),
+            ),
+            (
+                "no DNS name",
+                csr_with(&key, |p| p.subject_alt_names.clear()),
+            ),
+            (
+                "only DNS names and IP addresses",
+                csr_with(&key, |p| {
+                    p.subject_alt_names
+                        .push(SanType::Rfc822Name("a@b.example".try_into().unwrap()))
+                }),
+            ),
+            (
+                "more than 64",
+                csr_with(&key, |p| {
+                    p.subject_alt_names = (0..65)
+                        .map(|i| san(&format!("n{i}.example")).unwrap())
+                        .collect()
+                }),
+            ),
+        ];
+        for (expect, csr) in cases {
+            let reason = refusal(&ca, &csr);
+            assert!(reason.contains(expect), "{expect}: {reason}");
+        }
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        assert!(refusal(&ca, &csr_with(&p384, |_| ())).contains("P-256"));
+        let huge = "x".repeat(MAX_CSR_PEM_BYTES + 1);
+        assert!(refusal(&ca, &huge).contains("bytes"));
+    }
+
+    #[test]
+    fn a_tampered_or_garbage_csr_is_unreadable() {
+        let ca = generate_ca("basalt-api", None).unwrap();
+        let key = generate_key_pem().unwrap();
+        let csr = server_csr(&key, "w-1", &["w-1".into()]).unwrap();
+        let (_, block) = x509_parser::pem::parse_x509_pem(csr.as_bytes()).unwrap();
+        let mut der = block.contents;
+        // Flip a bit inside the signed part (the subject's CN): the signature no longer holds.
+        let at = der.windows(3).position(|w| w == b"w-1").unwrap();
+        der[at] ^= 0x01;
+        use base64::Engine;
+        let body = base64::engine::general_purpose::STANDARD.encode(&der);
+        let tampered = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n"
+        );
+        for bad in [tampered.as_str(), "not a csr"] {
+            assert!(
+                matches!(
+                    sign_server_csr(&ca, bad),
+                    Err(PkiError::CsrUnreadable { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! Redaction: a copy of a config that is safe to print, log or return from the API.
-//! Every private key and the bootstrap token are replaced by [`REDACTED`](crate::values::REDACTED); certificates
+//! Every private key, the bootstrap token and the machine token are replaced by [`REDACTED`](crate::values::REDACTED); certificates
 //! stay, since they are public and useful when debugging trust problems.
 
 use crate::model::{CertificateAndKey, MachineConfig};
@@ -12,7 +12,7 @@ fn redact_ca(ca: &mut CertificateAndKey) {
 }
 
 impl MachineConfig {
-    /// This config with every private key and the bootstrap token replaced by
+    /// This config with every private key, the bootstrap token and the machine token replaced by
     /// [`REDACTED`](crate::values::REDACTED) (`******`). The result serialises and parses like any config, but
     /// [`MachineConfig::validate`] refuses it: it cannot run a node.
     pub fn redacted(&self) -> MachineConfig {
@@ -29,6 +29,9 @@ impl MachineConfig {
             sa.key = PemPrivateKey::redacted();
         }
         c.cluster.token = BootstrapToken::redacted();
+        if let Some(token) = &mut c.machine.token {
+            *token = BootstrapToken::redacted();
+        }
         c
     }
 }
@@ -52,13 +55,14 @@ mod tests {
             assert!(!text.contains("PRIVATE KEY"), "{text}");
             assert!(!text.contains("0123456789abcdef"), "{text}");
             assert!(!text.contains("abcdef.0123456789abcdef"), "{text}");
+            assert!(!text.contains("fedcba9876543210"), "machine.token: {text}");
             assert!(
                 text.contains("BEGIN CERTIFICATE"),
                 "certificates are public and stay"
             );
         }
-        // Five keys and one token became the marker.
-        assert_eq!(redacted.to_yaml().matches("'******'").count(), 6);
+        // Five keys and two tokens (bootstrap, machine) became the marker.
+        assert_eq!(redacted.to_yaml().matches("'******'").count(), 7);
     }
 
     #[test]
@@ -72,6 +76,7 @@ mod tests {
             lines,
             [
                 format!("cluster.token: {marker}"),
+                format!("machine.token: {marker}"),
                 format!("machine.ca.key: {marker}"),
                 format!("cluster.ca.key: {marker}"),
                 format!("cluster.aggregatorCA.key: {marker}"),

@@ -1,6 +1,7 @@
 //! The secrets bundle (`secrets.yaml`): every secret a cluster's machine configs are
 //! generated from — the kubeadm PKI (cluster CA, etcd CA, front-proxy CA,
-//! service-account key), the node API CA and the bootstrap token. Generating configs
+//! service-account key), the node API CA, the bootstrap token and the machine token
+//! (`machine.token`, authorising workers' certificate requests). Generating configs
 //! again from the same bundle gives configs for the same cluster, so nodes added later
 //! trust and are trusted by the ones already running.
 //!
@@ -9,6 +10,7 @@
 //! cluster:
 //!   id: 3f1c…            # 32 hex digits, random; names the cluster's secrets
 //! bootstrapToken: abcdef.0123456789abcdef
+//! machineToken: q1w2e3.0123456789abcdef   # machine.token of every node
 //! kubernetes:
 //!   ca: { crt: PEM, key: PEM }
 //!   etcdCA: { crt: PEM, key: PEM }
@@ -172,6 +174,8 @@ pub struct SecretsBundle {
     pub version: SecretsVersion,
     pub cluster: ClusterSecrets,
     pub bootstrap_token: BootstrapToken,
+    /// `machine.token` of every node: authorises workers' certificate requests to trustd.
+    pub machine_token: BootstrapToken,
     pub kubernetes: KubernetesSecrets,
     pub api: ApiSecrets,
 }
@@ -227,6 +231,7 @@ impl SecretsBundle {
                 id: hex::encode(random_bytes::<16>("cluster id")?),
             },
             bootstrap_token: generate_bootstrap_token()?,
+            machine_token: generate_bootstrap_token()?,
             kubernetes: KubernetesSecrets {
                 ca: CaSecret::generate(KUBERNETES_CA_CN, "Kubernetes CA")?,
                 etcd_ca: CaSecret::generate(ETCD_CA_CN, "etcd CA")?,
@@ -270,6 +275,9 @@ impl SecretsBundle {
         };
         if self.bootstrap_token.is_redacted() {
             return Err(parse_err("bootstrapToken", "is redacted"));
+        }
+        if self.machine_token.is_redacted() {
+            return Err(parse_err("machineToken", "is redacted"));
         }
         if self.cluster.id.len() != 32 || !self.cluster.id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(parse_err("cluster.id", "not 32 hex digits"));

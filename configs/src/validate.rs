@@ -346,6 +346,9 @@ fn check_secrets(c: &MachineConfig, r: &mut Report) {
     if cluster.token.is_redacted() {
         r.push("cluster.token", redacted_message());
     }
+    if c.machine.token.as_ref().is_some_and(|t| t.is_redacted()) {
+        r.push("machine.token", redacted_message());
+    }
     let cas: [(&str, Option<&CertificateAndKey>, &str); 4] = [
         ("machine.ca", Some(&c.machine.ca), "the node API CA"),
         ("cluster.ca", Some(&cluster.ca), "the Kubernetes CA"),

@@ -20,6 +20,8 @@ fn carried_config_becomes_the_config_and_files_are_merged() {
     assert_eq!(detect_format(&text), Format::Ignition);
     let imported = MachineConfig::parse(text.as_bytes()).unwrap();
     let mut expected = MachineConfig::from_yaml(&data("worker.yaml")).unwrap();
+    // The carried config predates machine.token in worker.yaml.
+    expected.machine.token = None;
     expected.machine.files.push(basalt_config::MachineFile {
         path: "/var/etc/motd".parse().unwrap(),
         permissions: FileMode::new(0o644).unwrap(),
@@ -77,7 +79,7 @@ fn refusals_without_a_machine_config() {
     };
     assert_eq!(
         e.to_string(),
-        "the machine config in the Ignition file /etc/basalt/config.yaml (storage.files[0]): machine.netwrok: unknown field `netwrok`, expected one of `type`, `hostname`, `install`, `network`, `time`, `kubelet`, `sysctls`, `files`, `kernel`, `registries`, `ca`, `certSANs`"
+        "the machine config in the Ignition file /etc/basalt/config.yaml (storage.files[0]): machine.netwrok: unknown field `netwrok`, expected one of `type`, `hostname`, `install`, `network`, `time`, `kubelet`, `sysctls`, `files`, `kernel`, `registries`, `ca`, `certSANs`, `token`"
     );
 }
 

@@ -44,7 +44,7 @@ fn bad_fixtures_name_the_field() {
     let cases = [
         (
             "bad-unknown-field.yaml",
-            "machine.netwrok: unknown field `netwrok`, expected one of `type`, `hostname`, `install`, `network`, `time`, `kubelet`, `sysctls`, `files`, `kernel`, `registries`, `ca`, `certSANs`",
+            "machine.netwrok: unknown field `netwrok`, expected one of `type`, `hostname`, `install`, `network`, `time`, `kubelet`, `sysctls`, `files`, `kernel`, `registries`, `ca`, `certSANs`, `token`",
         ),
         (
             "bad-version.yaml",

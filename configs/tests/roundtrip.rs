@@ -189,12 +189,13 @@ fn machine() -> impl Strategy<Value = MachineSpec> {
                 parsed::<SubjectAltName>("[a-z]{1,8}\\.example|10\\.[0-9]\\.[0-9]\\.[0-9]"),
                 0..3,
             ),
+            option::of(parsed::<BootstrapToken>("[a-z0-9]{6}\\.[a-z0-9]{16}")),
         ),
     )
         .prop_map(
             |(
                 (machine_type, hostname, install, interfaces, nameservers, servers),
-                (kubelet, sysctls, files, modules, mirrors, key, cert_sans),
+                (kubelet, sysctls, files, modules, mirrors, key, cert_sans, token),
             )| MachineSpec {
                 machine_type,
                 hostname,
@@ -211,6 +212,7 @@ fn machine() -> impl Strategy<Value = MachineSpec> {
                 registries: RegistriesSpec { mirrors },
                 ca: ca(key),
                 cert_sans,
+                token,
             },
         )
 }
