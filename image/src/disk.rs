@@ -5,6 +5,7 @@
 
 use std::io::{Cursor, Write};
 
+use basalt_gpt::{Gpt, Guid, Partition};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,13 +21,10 @@ pub enum DiskError {
 
 pub const SECTOR: u64 = 512;
 const MIB: u64 = 1024 * 1024;
-/// EFI System Partition type GUID C12A7328-F81F-11D2-BA4B-00A0C93EC93B, on-disk order.
-const ESP_TYPE: [u8; 16] = [
-    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
-];
 
-/// A version-4-shaped GUID (on-disk byte order) derived from `seed`.
-pub fn derived_guid(label: &str, seed: &[u8]) -> [u8; 16] {
+/// A version-4-shaped GUID derived from `seed`, so the same content always gets the same
+/// disk and partition identifiers.
+pub fn derived_guid(label: &str, seed: &[u8]) -> Guid {
     let mut h = Sha256::new();
     h.update(label.as_bytes());
     h.update(seed);
@@ -35,30 +33,7 @@ pub fn derived_guid(label: &str, seed: &[u8]) -> [u8; 16] {
     g.copy_from_slice(&digest[..16]);
     g[7] = (g[7] & 0x0f) | 0x40;
     g[8] = (g[8] & 0x3f) | 0x80;
-    g
-}
-
-/// Canonical text form of an on-disk GUID.
-pub fn guid_string(g: &[u8; 16]) -> String {
-    format!(
-        "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
-        g[3],
-        g[2],
-        g[1],
-        g[0],
-        g[5],
-        g[4],
-        g[7],
-        g[6],
-        g[8],
-        g[9],
-        g[10],
-        g[11],
-        g[12],
-        g[13],
-        g[14],
-        g[15]
-    )
+    Guid(g)
 }
 
 /// What goes on the ESP, by path ("EFI/BOOT/BOOTX64.EFI").
@@ -190,65 +165,36 @@ pub fn build_esp(
 }
 
 /// GPT disk: protective MBR, primary header + entries, the ESP at 1 MiB, backup entries
-/// and header at the end.
-pub fn build_disk(esp: &[u8], disk_guid: [u8; 16], esp_guid: [u8; 16]) -> Vec<u8> {
+/// and header at the end, with 1 MiB of slack after the ESP. The table is the one
+/// machined parses and grows on first boot, encoded by the same crate.
+pub fn build_disk(esp: &[u8], disk_guid: Guid, esp_guid: Guid) -> Vec<u8> {
     let esp_start = MIB / SECTOR;
     let esp_sectors = (esp.len() as u64).div_ceil(SECTOR);
     let total = esp_start + esp_sectors + MIB / SECTOR;
-    let last = total - 1;
+    let table = Gpt {
+        sector_size: SECTOR,
+        disk_guid,
+        first_usable: basalt_gpt::first_usable_lba(SECTOR),
+        last_usable: basalt_gpt::last_usable_lba(SECTOR, total),
+        backup_lba: total - 1,
+        partitions: vec![Partition {
+            number: 1,
+            type_guid: Guid::EFI_SYSTEM,
+            unique_guid: esp_guid,
+            first_lba: esp_start,
+            last_lba: esp_start + esp_sectors - 1,
+            attributes: 0,
+            name: "EFI".into(),
+        }],
+    };
     let mut disk = vec![0u8; (total * SECTOR) as usize];
-
-    // Protective MBR.
-    let mbr = &mut disk[..512];
-    let p = 446;
-    mbr[p + 1..p + 4].copy_from_slice(&[0x00, 0x02, 0x00]);
-    mbr[p + 4] = 0xee;
-    mbr[p + 5..p + 8].copy_from_slice(&[0xff, 0xff, 0xff]);
-    mbr[p + 8..p + 12].copy_from_slice(&1u32.to_le_bytes());
-    mbr[p + 12..p + 16]
-        .copy_from_slice(&u32::try_from(total - 1).unwrap_or(u32::MAX).to_le_bytes());
-    mbr[510] = 0x55;
-    mbr[511] = 0xaa;
-
-    // Partition entries (128 × 128 bytes).
-    let mut entries = vec![0u8; 128 * 128];
-    entries[0..16].copy_from_slice(&ESP_TYPE);
-    entries[16..32].copy_from_slice(&esp_guid);
-    entries[32..40].copy_from_slice(&esp_start.to_le_bytes());
-    entries[40..48].copy_from_slice(&(esp_start + esp_sectors - 1).to_le_bytes());
-    for (i, c) in "EFI".encode_utf16().enumerate() {
-        entries[56 + 2 * i..58 + 2 * i].copy_from_slice(&c.to_le_bytes());
+    // `total` was sized above to hold the table, so the writes always fit.
+    for (off, bytes) in table.serialize(total) {
+        let off = off as usize;
+        disk[off..off + bytes.len()].copy_from_slice(&bytes);
     }
-    let entries_crc = crc32fast::hash(&entries);
-    let entry_sectors = (entries.len() as u64) / SECTOR;
-
-    let header = |my_lba: u64, alt_lba: u64, entries_lba: u64| {
-        let mut h = vec![0u8; 92];
-        h[0..8].copy_from_slice(b"EFI PART");
-        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-        h[12..16].copy_from_slice(&92u32.to_le_bytes());
-        h[24..32].copy_from_slice(&my_lba.to_le_bytes());
-        h[32..40].copy_from_slice(&alt_lba.to_le_bytes());
-        h[40..48].copy_from_slice(&(2 + entry_sectors).to_le_bytes());
-        h[48..56].copy_from_slice(&(last - 1 - entry_sectors).to_le_bytes());
-        h[56..72].copy_from_slice(&disk_guid);
-        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
-        h[80..84].copy_from_slice(&128u32.to_le_bytes());
-        h[84..88].copy_from_slice(&128u32.to_le_bytes());
-        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
-        let crc = crc32fast::hash(&h);
-        h[16..20].copy_from_slice(&crc.to_le_bytes());
-        h
-    };
-    let put = |disk: &mut Vec<u8>, lba: u64, data: &[u8]| {
-        let off = (lba * SECTOR) as usize;
-        disk[off..off + data.len()].copy_from_slice(data);
-    };
-    put(&mut disk, 1, &header(1, last, 2));
-    put(&mut disk, 2, &entries);
-    put(&mut disk, last - entry_sectors, &entries);
-    put(&mut disk, last, &header(last, 1, last - entry_sectors));
-    put(&mut disk, esp_start, esp);
+    let off = (esp_start * SECTOR) as usize;
+    disk[off..off + esp.len()].copy_from_slice(esp);
     disk
 }
 
@@ -265,15 +211,13 @@ mod tests {
     }
 
     #[test]
-    fn guid_text_matches_on_disk_order() {
-        assert_eq!(
-            guid_string(&ESP_TYPE),
-            "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-        );
+    fn derived_guids_are_stable_and_version_4_shaped() {
         let g = derived_guid("disk", b"x");
         assert_eq!(g, derived_guid("disk", b"x"));
         assert_ne!(g, derived_guid("esp", b"x"));
-        assert_eq!(&guid_string(&g)[14..15], "4");
+        let text = g.to_string();
+        assert_eq!(&text[14..15], "4", "{text}");
+        assert!(matches!(&text[19..20], "8" | "9" | "A" | "B"), "{text}");
     }
 
     #[test]
@@ -316,6 +260,25 @@ mod tests {
     }
 
     #[test]
+    fn disk_table_is_the_one_machined_parses() {
+        let esp = vec![0u8; (4 * MIB) as usize + 100];
+        let disk_guid = derived_guid("disk", b"t");
+        let esp_guid = derived_guid("esp", b"t");
+        let disk = build_disk(&esp, disk_guid, esp_guid);
+        let sectors = disk.len() as u64 / SECTOR;
+        // ESP rounded up to whole sectors, 1 MiB before and after it.
+        assert_eq!(sectors, 2048 + 8193 + 2048);
+        let table = Gpt::parse(&disk[..basalt_gpt::primary_len(SECTOR)], SECTOR).unwrap();
+        assert_eq!(table.disk_guid, disk_guid);
+        assert_eq!(table.backup_lba, sectors - 1);
+        assert_eq!((table.first_usable, table.last_usable), (34, sectors - 34));
+        let efi = table.by_name("EFI").unwrap();
+        assert_eq!((efi.number, efi.type_guid), (1, Guid::EFI_SYSTEM));
+        assert_eq!(efi.unique_guid, esp_guid);
+        assert_eq!((efi.first_lba, efi.last_lba), (2048, 2048 + 8193 - 1));
+    }
+
+    #[test]
     fn gpt_is_accepted_by_sfdisk() {
         let esp = vec![0u8; (4 * MIB) as usize];
         let disk = build_disk(&esp, derived_guid("disk", b"t"), derived_guid("esp", b"t"));
@@ -341,7 +304,7 @@ mod tests {
         assert!(text.contains("\"start\": 2048"), "{text}");
         assert!(text.contains("\"name\": \"EFI\""), "{text}");
         assert!(
-            text.contains(&guid_string(&derived_guid("disk", b"t"))),
+            text.contains(&derived_guid("disk", b"t").to_string()),
             "{text}"
         );
         assert!(

@@ -12,7 +12,9 @@
 use crate::log::{info, warning};
 
 pub mod device;
-pub mod gpt;
+/// The partition table codec is shared with the image builder, which writes the table
+/// this module grows.
+pub use basalt_gpt as gpt;
 pub mod label;
 pub mod plan;
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::gpt::{Gpt, Guid, Partition, array_sectors};
+use super::gpt::{Gpt, Guid, Partition, last_usable_lba};
 use super::label::Filesystem;
 
 pub const STATE_LABEL: &str = "STATE";
@@ -78,7 +78,7 @@ pub fn plan(table: &Gpt, disk_sectors: u64) -> Result<Plan, PlanError> {
         }
     }
     let ss = table.sector_size;
-    let new_last_usable = disk_sectors.saturating_sub(array_sectors(ss) + 2);
+    let new_last_usable = last_usable_lba(ss, disk_sectors);
     if new_last_usable < table.last_usable {
         return Err(PlanError::DiskSmallerThanTable {
             disk_sectors,
@@ -208,18 +208,34 @@ pub fn format_decision(found: &Filesystem, label: &str) -> FormatDecision {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gpt::tests::image_disk;
-    use super::super::gpt::{Gpt, primary_len};
+    use super::super::gpt::{self, Gpt, primary_len};
     use super::*;
 
     const MIB: u64 = 2048; // sectors of 512 bytes
 
+    /// The table as the image builder lays it out (one 32 MiB EFI partition from 1 MiB),
+    /// read back from bytes the way the executor reads it from the disk.
     fn table(image_mib: u64) -> Gpt {
-        Gpt::parse(
-            &image_disk(image_mib * MIB, image_mib * MIB, 32)[..primary_len(512)],
-            512,
-        )
-        .unwrap()
+        let sectors = image_mib * MIB;
+        let written = Gpt {
+            sector_size: 512,
+            disk_guid: Guid::parse("11111111-2222-3333-4444-555555555555").unwrap(),
+            first_usable: gpt::first_usable_lba(512),
+            last_usable: gpt::last_usable_lba(512, sectors),
+            backup_lba: sectors - 1,
+            partitions: vec![Partition {
+                number: 1,
+                type_guid: Guid::EFI_SYSTEM,
+                unique_guid: Guid::parse("AAAAAAAA-BBBB-CCCC-DDDD-EEEEEEEEEEEE").unwrap(),
+                first_lba: MIB,
+                last_lba: MIB + 32 * MIB - 1,
+                attributes: 0,
+                name: "EFI".into(),
+            }],
+        };
+        let mut disk = vec![0u8; (sectors * 512) as usize];
+        written.write_into(&mut disk).unwrap();
+        Gpt::parse(&disk[..primary_len(512)], 512).unwrap()
     }
 
     fn created(plan: &Plan) -> (&Gpt, &[NewPartition]) {

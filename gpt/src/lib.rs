@@ -1,6 +1,11 @@
-//! GUID Partition Table, parsed from and serialised to plain bytes. No I/O here: the
-//! executor reads the sectors, this module decides what they mean and which sectors a
-//! new table consists of, so every rule is testable on a `Vec<u8>`.
+//! GUID Partition Table, parsed from and serialised to plain bytes. No I/O here: callers
+//! read or write the sectors, this crate decides what they mean and which sectors a table
+//! consists of, so every rule is testable on a `Vec<u8>`.
+//!
+//! Two writers share it: the image builder lays out the raw disk's first table, and
+//! machined re-reads that table on first boot to grow it and add STATE and EPHEMERAL.
+//! One encoder means the table machined parses is by construction one it could have
+//! written.
 
 use std::fmt;
 
@@ -149,6 +154,14 @@ pub enum GptError {
     #[error("{have} bytes were read for the GPT but {need} are needed")]
     ShortRead { have: usize, need: usize },
     #[error(
+        "a buffer of {len} bytes cannot hold a GPT whose usable space ends at LBA {last_usable} with {sector_size}-byte sectors"
+    )]
+    BufferTooSmall {
+        len: usize,
+        sector_size: u64,
+        last_usable: u64,
+    },
+    #[error(
         "partition {number} spans LBA {first}..={last}, outside the usable {usable_first}..={usable_last}"
     )]
     OutOfRange {
@@ -163,6 +176,18 @@ pub enum GptError {
 /// Sectors the 128×128 partition array occupies.
 pub fn array_sectors(sector_size: u64) -> u64 {
     (u64::from(ENTRY_COUNT) * u64::from(ENTRY_SIZE)).div_ceil(sector_size)
+}
+
+/// First LBA a partition may use: after the protective MBR, the primary header and the
+/// primary array.
+pub fn first_usable_lba(sector_size: u64) -> u64 {
+    2 + array_sectors(sector_size)
+}
+
+/// Last LBA a partition may use on a disk of `total_sectors`: before the backup array
+/// and the backup header in the last sector. Zero when the disk cannot hold a table.
+pub fn last_usable_lba(sector_size: u64, total_sectors: u64) -> u64 {
+    total_sectors.saturating_sub(2 + array_sectors(sector_size))
 }
 
 /// Bytes the executor must read from the start of the disk to parse the primary GPT.
@@ -338,37 +363,77 @@ impl Gpt {
         }
         writes
     }
+
+    /// Puts this table into `disk`, a whole disk image in memory whose length sets the
+    /// disk size (the backup lands in its last sector). Refuses a buffer that is not whole
+    /// sectors or too short for the usable range the table declares.
+    pub fn write_into(&self, disk: &mut [u8]) -> Result<(), GptError> {
+        let ss = self.sector_size;
+        let total_sectors = disk.len() as u64 / ss;
+        // MBR + two headers + two arrays is the least a table needs, whatever it declares.
+        if !(disk.len() as u64).is_multiple_of(ss)
+            || total_sectors < 3 + 2 * array_sectors(ss)
+            || last_usable_lba(ss, total_sectors) < self.last_usable
+        {
+            return Err(GptError::BufferTooSmall {
+                len: disk.len(),
+                sector_size: ss,
+                last_usable: self.last_usable,
+            });
+        }
+        for (off, bytes) in self.serialize(total_sectors) {
+            let off = off as usize;
+            disk[off..off + bytes.len()].copy_from_slice(&bytes);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// A disk image in memory with the layout the image builder writes: one EFI
-    /// partition from 1 MiB, table sized for `image_sectors`, then grown to `disk_sectors`.
-    pub(crate) fn image_disk(image_sectors: u64, disk_sectors: u64, efi_mib: u64) -> Vec<u8> {
-        let ss = 512;
-        let gpt = Gpt {
-            sector_size: ss,
+    const SS: u64 = 512;
+
+    /// The layout the image builder writes: one EFI partition from 1 MiB on a disk of
+    /// `total` sectors.
+    fn one_partition_table(total: u64) -> Gpt {
+        Gpt {
+            sector_size: SS,
             disk_guid: Guid::parse("11111111-2222-3333-4444-555555555555").unwrap(),
-            first_usable: 34,
-            last_usable: image_sectors - 34,
-            backup_lba: image_sectors - 1,
+            first_usable: first_usable_lba(SS),
+            last_usable: last_usable_lba(SS, total),
+            backup_lba: total - 1,
             partitions: vec![Partition {
                 number: 1,
                 type_guid: Guid::EFI_SYSTEM,
                 unique_guid: Guid::parse("AAAAAAAA-BBBB-CCCC-DDDD-EEEEEEEEEEEE").unwrap(),
                 first_lba: 2048,
-                last_lba: 2048 + efi_mib * 2048 - 1,
+                last_lba: 2048 + 16 * 2048 - 1,
                 attributes: 0,
                 name: "EFI".into(),
             }],
-        };
-        let mut disk = vec![0u8; (disk_sectors * ss) as usize];
-        for (off, bytes) in gpt.serialize(image_sectors) {
-            disk[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);
         }
+    }
+
+    fn disk_with(gpt: &Gpt, total: u64) -> Vec<u8> {
+        let mut disk = vec![0u8; (total * gpt.sector_size) as usize];
+        gpt.write_into(&mut disk).unwrap();
         disk
+    }
+
+    /// Re-signs the primary header after a test edited it, so only the edit is wrong.
+    fn reseal_header(disk: &mut [u8]) {
+        let h = &mut disk[512..512 + HEADER_SIZE as usize];
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(h);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    fn reseal_array(disk: &mut [u8]) {
+        let crc = crc32fast::hash(&disk[1024..1024 + 128 * 128]);
+        disk[512 + 88..512 + 92].copy_from_slice(&crc.to_le_bytes());
+        reseal_header(disk);
     }
 
     #[test]
@@ -377,6 +442,14 @@ pub(crate) mod tests {
         assert_eq!(g, Guid::EFI_SYSTEM);
         assert_eq!(g.0[0], 0x28, "first field is little-endian on disk");
         assert_eq!(g.to_string(), "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+        assert_eq!(
+            Guid::LINUX_FILESYSTEM.to_string(),
+            "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+        );
+        assert_eq!(
+            Guid::parse(&Guid::LINUX_FILESYSTEM.to_string()),
+            Some(Guid::LINUX_FILESYSTEM)
+        );
         assert_eq!(Guid::parse("C12A7328F81F11D2BA4B00A0C93EC93B"), None);
         assert_eq!(Guid::parse("C12A7328-F81F-11D2-BA4B-00A0C93EC93G"), None);
         // systemd-boot's EFI variable is a NUL-terminated UTF-16 string.
@@ -387,68 +460,187 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn lba_arithmetic_matches_the_standard_layout() {
+        assert_eq!(array_sectors(512), 32);
+        assert_eq!(array_sectors(4096), 4);
+        assert_eq!(first_usable_lba(512), 34);
+        assert_eq!(first_usable_lba(4096), 6);
+        assert_eq!(last_usable_lba(512, 65536), 65536 - 34);
+        assert_eq!(last_usable_lba(4096, 1024), 1024 - 6);
+        assert_eq!(last_usable_lba(512, 10), 0);
+        assert_eq!(primary_len(512), 34 * 512);
+        assert_eq!(primary_len(4096), 6 * 4096);
+    }
+
+    #[test]
     fn serialised_table_parses_back() {
-        let disk = image_disk(65536, 65536, 16);
-        let gpt = Gpt::parse(&disk[..primary_len(512)], 512).unwrap();
-        assert_eq!(gpt.partitions.len(), 1);
-        assert_eq!(gpt.partitions[0].name, "EFI");
-        assert_eq!(gpt.partitions[0].first_lba, 2048);
-        assert_eq!(gpt.backup_lba, 65535);
-        assert_eq!(gpt.last_usable, 65536 - 34);
+        let gpt = one_partition_table(65536);
+        let disk = disk_with(&gpt, 65536);
+        assert_eq!(Gpt::parse(&disk[..primary_len(SS)], SS).unwrap(), gpt);
+        assert_eq!(gpt.by_name("EFI").map(|p| p.number), Some(1));
+        assert_eq!(gpt.by_name("STATE"), None);
         // Backup header at the last sector, pointing back at the primary.
         let last = &disk[65535 * 512..];
         assert_eq!(&last[0..8], SIGNATURE);
         assert_eq!(le64(last, 24), 65535);
         assert_eq!(le64(last, 32), 1);
         assert_eq!(le64(last, 72), 65535 - 32);
-        // Protective MBR.
+        // Backup array is the primary array, byte for byte.
+        assert_eq!(
+            &disk[1024..1024 + 16384],
+            &disk[(65535 - 32) * 512..(65535 - 32) * 512 + 16384]
+        );
+        // Protective MBR covering the disk.
         assert_eq!(disk[446 + 4], 0xEE);
+        assert_eq!(le32(&disk, 446 + 8), 1);
+        assert_eq!(le32(&disk, 446 + 12), 65535);
         assert_eq!(&disk[510..512], &[0x55, 0xAA]);
     }
 
     #[test]
+    fn many_partitions_and_4k_sectors_round_trip() {
+        let total = 64 * 256; // 64 MiB of 4 KiB sectors
+        let mut gpt = one_partition_table(total);
+        gpt.sector_size = 4096;
+        gpt.first_usable = first_usable_lba(4096);
+        gpt.last_usable = last_usable_lba(4096, total);
+        gpt.backup_lba = total - 1;
+        gpt.partitions = (1..=ENTRY_COUNT)
+            .filter(|n| n % 40 == 1)
+            .map(|n| Partition {
+                number: n,
+                type_guid: Guid::LINUX_FILESYSTEM,
+                unique_guid: Guid::from_fields(n, 1, 2, [3; 8]),
+                first_lba: 100 * u64::from(n),
+                last_lba: 100 * u64::from(n) + 49,
+                attributes: 1 << 60,
+                name: format!("part-{n}-ä"),
+            })
+            .collect();
+        let disk = disk_with(&gpt, total);
+        let back = Gpt::parse(&disk[..primary_len(4096)], 4096).unwrap();
+        assert_eq!(back, gpt);
+        assert_eq!(back.partitions.len(), 4);
+        assert_eq!(back.partitions[3].number, 121);
+        assert_eq!(back.partitions[0].sectors(), 50);
+    }
+
+    #[test]
     fn corrupted_header_or_array_is_refused() {
-        let mut disk = image_disk(65536, 65536, 16);
+        let good = disk_with(&one_partition_table(65536), 65536);
+        let parse = |d: &[u8]| Gpt::parse(&d[..primary_len(SS)], SS);
+
+        let mut disk = good.clone();
         disk[512 + 40] ^= 1;
-        assert!(matches!(
-            Gpt::parse(&disk[..primary_len(512)], 512),
-            Err(GptError::HeaderCrc { .. })
-        ));
-        let mut disk = image_disk(65536, 65536, 16);
+        assert!(matches!(parse(&disk), Err(GptError::HeaderCrc { .. })));
+
+        let mut disk = good.clone();
         disk[1024 + 200] ^= 1;
+        assert!(matches!(parse(&disk), Err(GptError::EntriesCrc { .. })));
+
+        let mut disk = good.clone();
+        disk[512] = b'X';
+        assert_eq!(parse(&disk), Err(GptError::NoSignature));
+
+        let mut disk = good.clone();
+        disk[512 + 12..512 + 16].copy_from_slice(&96u32.to_le_bytes());
+        assert_eq!(parse(&disk), Err(GptError::UnsupportedHeader(96)));
+
+        let mut disk = good.clone();
+        disk[512 + 80..512 + 84].copy_from_slice(&64u32.to_le_bytes());
+        reseal_header(&mut disk);
+        assert_eq!(
+            parse(&disk),
+            Err(GptError::UnsupportedArray {
+                count: 64,
+                size: 128
+            })
+        );
+
+        let mut disk = good.clone();
+        disk[512 + 72..512 + 80].copy_from_slice(&3u64.to_le_bytes());
+        reseal_header(&mut disk);
+        assert_eq!(parse(&disk), Err(GptError::UnsupportedArrayLocation(3)));
+
+        // A CRC-valid table whose partition leaves the usable range is still refused.
+        let mut disk = good.clone();
+        disk[1024 + 40..1024 + 48].copy_from_slice(&65535u64.to_le_bytes());
+        reseal_array(&mut disk);
         assert!(matches!(
-            Gpt::parse(&disk[..primary_len(512)], 512),
-            Err(GptError::EntriesCrc { .. })
+            parse(&disk),
+            Err(GptError::OutOfRange {
+                number: 1,
+                last: 65535,
+                ..
+            })
         ));
-        let disk = vec![0u8; primary_len(512)];
-        assert_eq!(Gpt::parse(&disk, 512), Err(GptError::NoSignature));
+
+        // A partition that ends before it starts.
+        let mut disk = good.clone();
+        disk[1024 + 40..1024 + 48].copy_from_slice(&100u64.to_le_bytes());
+        reseal_array(&mut disk);
         assert!(matches!(
-            Gpt::parse(&disk[..100], 512),
-            Err(GptError::ShortRead { .. })
+            parse(&disk),
+            Err(GptError::OutOfRange { number: 1, .. })
         ));
+
+        let blank = vec![0u8; primary_len(SS)];
+        assert_eq!(Gpt::parse(&blank, SS), Err(GptError::NoSignature));
+        assert_eq!(
+            Gpt::parse(&good[..100], SS),
+            Err(GptError::ShortRead {
+                have: 100,
+                need: primary_len(SS)
+            })
+        );
     }
 
     #[test]
     fn grown_disk_moves_backup_and_zeroes_the_old_one() {
-        let disk = image_disk(65536, 131072, 16);
-        let mut gpt = Gpt::parse(&disk[..primary_len(512)], 512).unwrap();
+        let disk = disk_with(&one_partition_table(65536), 65536);
+        let mut gpt = Gpt::parse(&disk[..primary_len(SS)], SS).unwrap();
         assert_eq!(gpt.backup_lba, 65535, "backup still where the image ended");
-        gpt.last_usable = 131072 - 34;
+        gpt.last_usable = last_usable_lba(SS, 131072);
         let writes = gpt.serialize(131072);
         assert!(writes.iter().any(|(off, _)| *off == 131071 * 512));
         let zeroing = writes.iter().find(|(off, _)| *off == 65535 * 512).unwrap();
         assert!(zeroing.1.iter().all(|&b| b == 0));
+
+        let mut grown = disk.clone();
+        grown.resize(131072 * 512, 0);
+        gpt.write_into(&mut grown).unwrap();
+        let back = Gpt::parse(&grown[..primary_len(SS)], SS).unwrap();
+        assert_eq!(back.backup_lba, 131071);
+        assert_eq!(back.last_usable, 131072 - 34);
+        assert!(grown[65535 * 512..65536 * 512].iter().all(|&b| b == 0));
     }
 
     #[test]
     fn long_names_are_truncated_to_36_units() {
-        let mut gpt = Gpt::parse(&image_disk(65536, 65536, 16)[..primary_len(512)], 512).unwrap();
+        let mut gpt = one_partition_table(65536);
         gpt.partitions[0].name = "X".repeat(50);
-        let mut disk = vec![0u8; 65536 * 512];
-        for (off, bytes) in gpt.serialize(65536) {
-            disk[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);
-        }
-        let back = Gpt::parse(&disk[..primary_len(512)], 512).unwrap();
-        assert_eq!(back.partitions[0].name.len(), 36);
+        let disk = disk_with(&gpt, 65536);
+        let back = Gpt::parse(&disk[..primary_len(SS)], SS).unwrap();
+        assert_eq!(back.partitions[0].name, "X".repeat(36));
+    }
+
+    #[test]
+    fn write_into_refuses_a_buffer_the_table_does_not_fit() {
+        let gpt = one_partition_table(65536);
+        let mut small = vec![0u8; 65535 * 512];
+        assert_eq!(
+            gpt.write_into(&mut small),
+            Err(GptError::BufferTooSmall {
+                len: 65535 * 512,
+                sector_size: 512,
+                last_usable: 65536 - 34
+            })
+        );
+        assert!(small.iter().all(|&b| b == 0), "nothing written on refusal");
+        let mut ragged = vec![0u8; 65536 * 512 + 1];
+        assert!(gpt.write_into(&mut ragged).is_err());
+        let mut tiny_table = gpt.clone();
+        tiny_table.last_usable = 0;
+        assert!(tiny_table.write_into(&mut vec![0u8; 512]).is_err());
     }
 }
