@@ -399,6 +399,40 @@ pub struct Event {
     pub message: String,
 }
 
+// ---- trustd: a worker's API serving certificate, signed by a control plane ----
+
+/// The port a control plane's trustd listens on (Talos uses the same one).
+pub const TRUST_PORT: u16 = 50001;
+/// The path trustd signs certificate requests on.
+pub const TRUST_CERTIFICATE_PATH: &str = "/v1/certificate";
+
+/// `POST /v1/certificate` on trustd: a node's CSR (PEM, ECDSA P-256) and the cluster's
+/// machine token (`machine.token`), which authorises the request.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustCertificateRequest {
+    pub csr: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for TrustCertificateRequest {
+    // The token is a cluster secret: never in logs or panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustCertificateRequest")
+            .field("csr", &self.csr)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// trustd's answer: the signed server certificate and the CA that signed it (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustCertificateResponse {
+    pub certificate: String,
+    pub ca: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

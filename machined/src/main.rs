@@ -18,6 +18,7 @@ mod services;
 mod shutdown;
 mod sysctl;
 mod time;
+mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,25 +11,108 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 
 use super::ApiError;
 
 /// The certificate a configured node serves, and the CA its clients must be issued by.
+/// Clones share the served certificate: [`ServerIdentity::replace`] swaps it under a
+/// running server (the rustls resolver reads it at every handshake), so a worker moves from
+/// its interim self-signed certificate to the one a control plane signed without a restart.
 #[derive(Clone)]
 pub struct ServerIdentity {
     pub api_ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
+    served: Arc<ServedCertificate>,
 }
 
 impl std::fmt::Debug for ServerIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerIdentity")
             .field("api_ca_pem", &self.api_ca_pem)
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
+            .field("cert_pem", &self.cert_pem())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The swappable certificate behind [`ServerIdentity`]: what rustls serves.
+struct ServedCertificate {
+    current: std::sync::RwLock<Served>,
+}
+
+struct Served {
+    cert_pem: String,
+    certified: Arc<CertifiedKey>,
+}
+
+impl std::fmt::Debug for ServedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServedCertificate")
+    }
+}
+
+impl ResolvesServerCert for ServedCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A poisoned lock still holds a complete certificate: it is only ever replaced whole.
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(current.certified.clone())
+    }
+}
+
+fn served(cert_pem: &str, key_pem: &str) -> Result<Served, ApiError> {
+    let chain = certs(cert_pem, "server certificate")?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key(key_pem)?)
+        .map_err(|e| ApiError::Identity {
+            reason: format!("server key: {e}"),
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| ApiError::Identity {
+        reason: format!("server certificate and key: {e}"),
+    })?;
+    Ok(Served {
+        cert_pem: cert_pem.to_owned(),
+        certified: Arc::new(certified),
+    })
+}
+
+impl ServerIdentity {
+    /// An identity serving `cert_pem` (with `key_pem`) and verifying clients against
+    /// `api_ca_pem`; refused when the key does not belong to the certificate.
+    pub fn new(api_ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, ApiError> {
+        Ok(Self {
+            api_ca_pem: api_ca_pem.to_owned(),
+            served: Arc::new(ServedCertificate {
+                current: std::sync::RwLock::new(served(cert_pem, key_pem)?),
+            }),
+        })
+    }
+
+    /// The certificate served now (PEM).
+    pub fn cert_pem(&self) -> String {
+        self.served
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .cert_pem
+            .clone()
+    }
+
+    /// Serves `cert_pem` from the next handshake on, in every server built from this
+    /// identity or a clone of it. Refused (and the old certificate kept) when the key does
+    /// not belong to the certificate.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), ApiError> {
+        let next = served(cert_pem, key_pem)?;
+        *self
+            .served
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        Ok(())
     }
 }
 
@@ -43,13 +126,7 @@ impl ServerIdentity {
         addresses: &[IpAddr],
         extra_sans: &[String],
     ) -> Result<Self, ApiError> {
-        let mut sans = vec![hostname.to_owned(), "localhost".to_owned()];
-        sans.extend(addresses.iter().map(IpAddr::to_string));
-        for san in extra_sans {
-            if !sans.contains(san) {
-                sans.push(san.clone());
-            }
-        }
+        let sans = node_sans(hostname, addresses, extra_sans);
         let spec = LeafSpec {
             common_name: hostname.to_owned(),
             organization: None,
@@ -59,11 +136,7 @@ impl ServerIdentity {
         let leaf = pki::issue_leaf(api_ca, &spec).map_err(|e| ApiError::Identity {
             reason: e.to_string(),
         })?;
-        Ok(Self {
-            api_ca_pem: api_ca.cert_pem.clone(),
-            cert_pem: leaf.cert_pem,
-            key_pem: leaf.key_pem,
-        })
+        Self::new(&api_ca.cert_pem, &leaf.cert_pem, &leaf.key_pem)
     }
 
     /// The identity of a configured node from its machine config: the API CA of
@@ -78,7 +151,7 @@ impl ServerIdentity {
         let Some(key) = &ca.key else {
             return Err(ApiError::Identity {
                 reason: "machine.ca carries no key on this node (a worker): its API certificate \
-                         must come from a control plane, which is not implemented yet"
+                         comes from a control plane's trustd"
                     .to_owned(),
             });
         };
@@ -92,45 +165,83 @@ impl ServerIdentity {
             cert_pem: ca.crt.as_str().to_owned(),
             key_pem: key.as_str().to_owned(),
         };
-        let extra: Vec<String> = config
-            .machine
-            .cert_sans
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        Self::issue(&api_ca, hostname, addresses, &extra)
+        Self::issue(&api_ca, hostname, addresses, &cert_sans(config))
+    }
+
+    /// The names a node's API certificate carries (see [`node_sans`]), from its config.
+    pub fn sans_for(
+        config: &basalt_config::MachineConfig,
+        hostname: &str,
+        addresses: &[IpAddr],
+    ) -> Vec<String> {
+        node_sans(hostname, addresses, &cert_sans(config))
+    }
+
+    /// trustd's TLS: this identity's served certificate, no client certificate asked
+    /// (the machine token authorises a request; a worker has no client certificate).
+    pub fn trust_server_config(&self) -> Result<rustls::ServerConfig, ApiError> {
+        server_only(self)
     }
 }
 
+/// `machine.certSANs` as text.
+fn cert_sans(config: &basalt_config::MachineConfig) -> Vec<String> {
+    config
+        .machine
+        .cert_sans
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// The names a node's API certificate carries, in order, each once: the hostname,
+/// `localhost` and the loopback addresses (a client reaching the node through a port
+/// forward dials one of those), the node's addresses, then `extra` (`machine.certSANs`).
+fn node_sans(hostname: &str, addresses: &[IpAddr], extra: &[String]) -> Vec<String> {
+    let mut sans = vec![
+        hostname.to_owned(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let more = addresses
+        .iter()
+        .map(IpAddr::to_string)
+        .chain(extra.iter().cloned());
+    for san in more {
+        if !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
+    sans
+}
+
 impl ServerIdentity {
-    /// A worker's identity: workers carry the API CA's certificate but not its key, so
-    /// they cannot issue a server certificate clients would trust. Until a control plane
-    /// signs worker certificates, the worker serves a self-signed one (clients pin its
-    /// fingerprint or skip the check) and still verifies every client against the API CA,
-    /// so roles keep working.
+    /// A worker's interim identity: workers carry the API CA's certificate but not its
+    /// key, so they cannot issue a server certificate clients would trust. Until a control
+    /// plane's trustd signs one (`crate::trust`, swapped in with [`ServerIdentity::replace`]),
+    /// the worker serves a self-signed one (clients pin its fingerprint) and still verifies
+    /// every client against the API CA, so roles keep working.
     pub fn self_signed_for_worker(
         config: &basalt_config::MachineConfig,
         hostname: &str,
         addresses: &[IpAddr],
     ) -> Result<Self, ApiError> {
-        let mut sans = vec![hostname.to_owned(), "localhost".to_owned()];
-        sans.extend(addresses.iter().map(IpAddr::to_string));
-        sans.extend(config.machine.cert_sans.iter().map(ToString::to_string));
-        sans.dedup();
+        let sans = node_sans(hostname, addresses, &cert_sans(config));
         let generated =
             rcgen::generate_simple_self_signed(sans).map_err(|e| ApiError::Identity {
                 reason: format!("generating the worker's self-signed certificate: {e}"),
             })?;
-        Ok(Self {
-            api_ca_pem: config.machine.ca.crt.as_str().to_owned(),
-            cert_pem: generated.cert.pem(),
-            key_pem: generated.signing_key.serialize_pem(),
-        })
+        Self::new(
+            config.machine.ca.crt.as_str(),
+            &generated.cert.pem(),
+            &generated.signing_key.serialize_pem(),
+        )
     }
 
     /// The SHA-256 fingerprint of the served certificate, for pinning.
     pub fn fingerprint(&self) -> Result<Fingerprint, ApiError> {
-        let der = certs(&self.cert_pem, "server certificate")?;
+        let der = certs(&self.cert_pem(), "server certificate")?;
         Ok(Fingerprint::of_der(&der[0]))
     }
 }
@@ -180,13 +291,21 @@ pub fn mutual(identity: &ServerIdentity) -> Result<rustls::ServerConfig, ApiErro
             reason: e.to_string(),
         })?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs(&identity.cert_pem, "server certificate")?,
-            key(&identity.key_pem)?,
-        )
+        .with_cert_resolver(identity.served.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Server-side TLS only, with the node's served certificate: trustd's listener, where
+/// the machine token authorises a request and a worker has no client certificate yet.
+fn server_only(identity: &ServerIdentity) -> Result<rustls::ServerConfig, ApiError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
         .map_err(|e| ApiError::Identity {
-            reason: format!("server certificate and key: {e}"),
-        })?;
+            reason: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(identity.served.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -241,7 +360,7 @@ mod tests {
         let config = controlplane();
         let ip = IpAddr::V4(Ipv4Addr::new(10, 5, 0, 2));
         let identity = ServerIdentity::for_node(&config, "cp-1", &[ip]).unwrap();
-        let info = pki::check_certificate_pem(&identity.cert_pem).unwrap();
+        let info = pki::check_certificate_pem(&identity.cert_pem()).unwrap();
         assert!(info.dns_names.contains(&"cp-1".to_owned()));
         assert!(info.ip_addresses.contains(&ip));
         for san in &config.machine.cert_sans {
@@ -275,10 +394,48 @@ mod tests {
         assert_eq!(identity.api_ca_pem, config.machine.ca.crt.as_str());
         mutual(&identity).unwrap();
         // … while the served certificate names the worker and is identified by its pin.
-        let info = pki::check_certificate_pem(&identity.cert_pem).unwrap();
+        let info = pki::check_certificate_pem(&identity.cert_pem()).unwrap();
         assert!(info.dns_names.contains(&"w-1".to_owned()));
         assert!(info.ip_addresses.contains(&ip));
-        let der = pki::certificate_der(&identity.cert_pem).unwrap();
+        let der = pki::certificate_der(&identity.cert_pem()).unwrap();
         assert_eq!(identity.fingerprint().unwrap(), Fingerprint::of_der(&der));
+    }
+
+    #[test]
+    fn replace_swaps_the_served_certificate_and_refuses_a_foreign_key() {
+        let config = controlplane();
+        let identity = ServerIdentity::for_node(&config, "cp-1", &[]).unwrap();
+        let clone = identity.clone();
+        let other = pki::self_signed_server("w-1", &["w-1".to_owned()]).unwrap();
+        clone.replace(&other.cert_pem, &other.key_pem).unwrap();
+        // Clones share the served certificate: a running server sees the swap.
+        assert_eq!(identity.cert_pem(), other.cert_pem);
+        let stranger = pki::self_signed_server("x", &["x".to_owned()]).unwrap();
+        let err = identity
+            .replace(&other.cert_pem, &stranger.key_pem)
+            .unwrap_err();
+        assert!(err.to_string().contains("key"), "{err}");
+        assert_eq!(identity.cert_pem(), other.cert_pem, "the old one stays");
+    }
+
+    #[test]
+    fn node_names_include_loopback_for_port_forwards_once_each() {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 5, 0, 3));
+        let sans = node_sans(
+            "w-1",
+            &[ip],
+            &["10.5.0.3".to_owned(), "w.example".to_owned()],
+        );
+        assert_eq!(
+            sans,
+            [
+                "w-1",
+                "localhost",
+                "127.0.0.1",
+                "::1",
+                "10.5.0.3",
+                "w.example"
+            ]
+        );
     }
 }

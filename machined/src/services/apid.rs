@@ -1,4 +1,5 @@
-//! `apid`: machined's own API server, supervised like any other service so that
+//! `apid`: machined's own API server (and `trustd`, the control plane's certificate
+//! signer for workers), supervised like any other service so that
 //! `basaltctl services` lists it, its failures are restarted with back-off, and it is
 //! stopped in order at shutdown. It is a task inside machined, not a process.
 
@@ -6,6 +7,7 @@ use std::sync::Arc;
 
 use super::spec::{ServiceName, ServiceSpec, TaskContext, TaskFn};
 use crate::api::{self, ApiConfig, ConfigSink, NodeState};
+use crate::trust::{self, TrustdConfig};
 
 /// The `apid` service: each (re)start binds and serves the API with `config`; a stop
 /// request closes the listener.
@@ -24,6 +26,28 @@ pub fn service_spec(config: ApiConfig, node: Arc<dyn NodeState>, sink: ConfigSin
         })
     });
     let name = ServiceName::new("apid").unwrap_or_else(|_| unreachable!("a valid constant"));
+    ServiceSpec::task(name, task)
+}
+
+/// The `trustd` service (control planes with a machine token): each (re)start binds port
+/// 50001 and signs workers' API certificate requests (see `crate::trust`); a stop request
+/// closes the listener. Like apid, a task inside machined.
+pub fn trustd_spec(config: TrustdConfig) -> ServiceSpec {
+    let task: TaskFn = Arc::new(move |mut ctx: TaskContext| {
+        let config = config.clone();
+        Box::pin(async move {
+            let running = trust::start(config).await.map_err(|e| e.to_string())?;
+            ctx.log(&format!(
+                "listening on {}: signing workers' API certificates for holders of machine.token",
+                running.local_addr()
+            ));
+            ctx.stopping().await;
+            running.stop();
+            ctx.log("stopped listening");
+            Ok(())
+        })
+    });
+    let name = ServiceName::new("trustd").unwrap_or_else(|_| unreachable!("a valid constant"));
     ServiceSpec::task(name, task)
 }
 
