@@ -156,6 +156,22 @@ struct UserNet {
     tftp: Option<(PathBuf, String)>,
 }
 
+/// One end of a point-to-point link between two VMs over a loopback TCP socket
+/// (`-netdev socket`): one VM listens, the other connects to the same port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketLink {
+    /// `listen=127.0.0.1:PORT`: start this VM first.
+    Listen(u16),
+    /// `connect=127.0.0.1:PORT`: the listening VM must already run.
+    Connect(u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SocketNic {
+    link: SocketLink,
+    mac: String,
+}
+
 /// Entry point: `Qemu::builder()`.
 pub struct Qemu;
 
@@ -179,6 +195,7 @@ pub struct QemuBuilder {
     ovmf: Option<(PathBuf, PathBuf)>,
     fw_cfg_files: Vec<(String, PathBuf)>,
     net: Option<UserNet>,
+    socket_nics: Vec<SocketNic>,
     no_reboot: bool,
     console_log: Option<PathBuf>,
     accel: Option<Accel>,
@@ -199,6 +216,7 @@ impl Default for QemuBuilder {
             ovmf: None,
             fw_cfg_files: Vec::new(),
             net: None,
+            socket_nics: Vec::new(),
             no_reboot: false,
             console_log: None,
             accel: None,
@@ -279,6 +297,17 @@ impl QemuBuilder {
             tftp: None,
         });
         net.tftp = Some((dir.into(), bootfile.into()));
+        self
+    }
+    /// A further virtio NIC with hardware address `mac` (`52:54:00:…`), joined to another
+    /// VM's over loopback (see [`SocketLink`]): a private wire between two guests, no
+    /// host network or privileges needed. NICs follow the user-network one, in the order
+    /// added (eth1, eth2, … in the guest); select them by `mac` in the machine config.
+    pub fn netdev_socket(mut self, link: SocketLink, mac: impl Into<String>) -> Self {
+        self.socket_nics.push(SocketNic {
+            link,
+            mac: mac.into(),
+        });
         self
     }
     /// A guest reboot makes QEMU exit instead (so a failing boot ends the test quickly).
@@ -414,6 +443,17 @@ impl QemuBuilder {
             args.push(spec);
             args.push("-device".into());
             args.push("virtio-net-pci,netdev=net0".into());
+        }
+        for (i, nic) in self.socket_nics.iter().enumerate() {
+            let id = format!("sock{i}");
+            let (mode, port) = match nic.link {
+                SocketLink::Listen(port) => ("listen", port),
+                SocketLink::Connect(port) => ("connect", port),
+            };
+            args.push("-netdev".into());
+            args.push(format!("socket,id={id},{mode}=127.0.0.1:{port}").into());
+            args.push("-device".into());
+            args.push(format!("virtio-net-pci,netdev={id},mac={}", nic.mac).into());
         }
         args.extend(self.extra_args.iter().cloned());
         args
@@ -852,6 +892,31 @@ mod tests {
             )
         );
         assert!(args.contains(&"virtio-net-pci,netdev=net0".to_owned()));
+    }
+
+    #[test]
+    fn socket_links_join_two_vms_after_the_user_network() {
+        let listen = Qemu::builder()
+            .netdev_user(vec![(0, 50000)])
+            .netdev_socket(SocketLink::Listen(40500), "52:54:00:00:05:02");
+        let args = strs(&listen.args(Accel::Tcg, &[], Path::new("c.log")));
+        let user = args
+            .iter()
+            .position(|a| a.starts_with("user,id=net0"))
+            .unwrap();
+        let sock = args
+            .iter()
+            .position(|a| a == "socket,id=sock0,listen=127.0.0.1:40500")
+            .unwrap();
+        assert!(user < sock, "the user NIC stays eth0: {args:?}");
+        assert_eq!(
+            args[sock + 2],
+            "virtio-net-pci,netdev=sock0,mac=52:54:00:00:05:02"
+        );
+        let connect =
+            Qemu::builder().netdev_socket(SocketLink::Connect(40500), "52:54:00:00:05:03");
+        let args = strs(&connect.args(Accel::Tcg, &[], Path::new("c.log")));
+        assert!(args.contains(&"socket,id=sock0,connect=127.0.0.1:40500".to_owned()));
     }
 
     #[test]
