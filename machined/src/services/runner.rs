@@ -18,9 +18,7 @@ use super::cgroup::Cgroup;
 use super::logs::{LogRing, LogStream};
 use super::plan::{Effect, Input};
 use super::reaper::Reaping;
-use super::spec::{
-    BoxFuture, HealthKind, ProcessCommand, Runnable, START_PERIOD_INTERVAL, TaskContext,
-};
+use super::spec::{BoxFuture, HealthKind, ProcessCommand, Runnable, TaskContext};
 use super::{Command, ServiceHandle, Shared};
 
 /// After SIGKILL, how long to wait for the exit to be reported.
@@ -227,10 +225,12 @@ async fn run_once(
         HealthKind::Probe(probe) => Some(probe.clone()),
     };
     let health = &svc.spec.health;
-    // The first probe runs at once; then every interval, faster during the start period.
+    // The first probe runs a moment after the spawn; then every interval, on a quick but
+    // easing schedule during the start period.
     let start_period_ends = started + health.start_period;
     let mut in_start_period = !health.start_period.is_zero();
-    let mut next_probe = tokio::time::Instant::now();
+    let mut wait = health.first_probe_wait();
+    let mut next_probe = tokio::time::Instant::now() + wait;
     let mut in_flight: Option<BoxFuture<Result<String, String>>> = None;
 
     loop {
@@ -263,12 +263,12 @@ async fn run_once(
                     Err(error) if in_start_period => shared.apply(svc, Input::ProbeNotYet(error)),
                     Err(error) => shared.apply(svc, Input::ProbeFailed(error)),
                 };
-                let every = if in_start_period {
-                    START_PERIOD_INTERVAL.min(health.interval)
+                wait = if in_start_period {
+                    health.start_period_wait(wait)
                 } else {
                     health.interval
                 };
-                next_probe = tokio::time::Instant::now() + every.max(Duration::from_millis(10));
+                next_probe = tokio::time::Instant::now() + wait.max(Duration::from_millis(10));
             }
             command = commands.recv() => match command {
                 None => {

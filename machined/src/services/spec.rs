@@ -156,13 +156,20 @@ pub struct HealthCheck {
     /// Failed probes in a row before the service is reported unhealthy.
     pub failure_threshold: u32,
     /// After each start, failures do not count until the first success or until this
-    /// much time has passed, and the probe runs every [`START_PERIOD_INTERVAL`] (at
-    /// most `interval`): a service that needs a moment to come up is neither reported
-    /// unhealthy for it nor made to wait a whole interval to become healthy.
+    /// much time has passed, and the probe runs on the quick schedule of
+    /// [`HealthCheck::start_period_wait`]: a service that needs a moment to come up is
+    /// neither reported unhealthy for it nor made to wait a whole interval to become
+    /// healthy.
     pub start_period: Duration,
 }
 
-pub const START_PERIOD_INTERVAL: Duration = Duration::from_millis(250);
+/// How long after a start the first probe runs. Probing at the very moment of the spawn
+/// only ever finds a process that has not opened its socket yet; a tenth of a second
+/// later a quick service can already answer.
+pub const FIRST_PROBE_DELAY: Duration = Duration::from_millis(100);
+/// The longest wait between two probes in the start period, so a service that takes
+/// seconds to come up is found healthy at most this long after it is.
+pub const START_PERIOD_MAX_WAIT: Duration = Duration::from_millis(500);
 
 impl HealthCheck {
     pub fn running() -> Self {
@@ -173,6 +180,22 @@ impl HealthCheck {
             failure_threshold: 1,
             start_period: Duration::ZERO,
         }
+    }
+
+    /// The wait before the first probe after a start.
+    pub fn first_probe_wait(&self) -> Duration {
+        FIRST_PROBE_DELAY.min(self.interval)
+    }
+
+    /// The wait before the next probe after one that found the service not ready yet in
+    /// the start period: half as long again as the wait before, from
+    /// [`FIRST_PROBE_DELAY`] up to [`START_PERIOD_MAX_WAIT`], never longer than
+    /// `interval`. Quick at first, when most services come up, then easing off so a slow
+    /// one is not asked several times a second for half a minute.
+    pub fn start_period_wait(&self, previous: Duration) -> Duration {
+        (previous + previous / 2)
+            .clamp(FIRST_PROBE_DELAY, START_PERIOD_MAX_WAIT)
+            .min(self.interval)
     }
 
     /// A probe with a 30 s start period.
@@ -235,6 +258,54 @@ impl ServiceSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn probe_every(interval: Duration) -> HealthCheck {
+        let probe: ProbeFn = Arc::new(|| Box::pin(async { Ok(String::new()) }));
+        HealthCheck::probe(probe, interval, Duration::from_secs(1), 3)
+    }
+
+    #[test]
+    fn start_period_probes_come_quickly_then_ease_off() {
+        let h = probe_every(Duration::from_secs(5));
+        assert_eq!(h.first_probe_wait(), Duration::from_millis(100));
+        let mut wait = h.first_probe_wait();
+        let mut waits = vec![wait];
+        for _ in 0..8 {
+            wait = h.start_period_wait(wait);
+            waits.push(wait);
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [100, 150, 225, 337, 500, 500, 500, 500, 500]);
+        // Two probes a second at most once eased off: 30 s of start period ask ~60 times,
+        // not 120 (a fixed 250 ms) or 300 (a fixed 100 ms).
+        let mut at = Duration::ZERO;
+        let mut wait = h.first_probe_wait();
+        let mut probes = 0;
+        while at + wait <= Duration::from_secs(30) {
+            at += wait;
+            probes += 1;
+            wait = h.start_period_wait(wait);
+        }
+        assert_eq!(probes, 62);
+    }
+
+    #[test]
+    fn start_period_waits_never_exceed_the_interval() {
+        let h = probe_every(Duration::from_millis(40));
+        assert_eq!(h.first_probe_wait(), Duration::from_millis(40));
+        assert_eq!(
+            h.start_period_wait(Duration::from_millis(40)),
+            Duration::from_millis(40)
+        );
+        let h = probe_every(Duration::from_millis(200));
+        assert_eq!(
+            h.start_period_wait(Duration::from_millis(150)),
+            Duration::from_millis(200)
+        );
+        // A zero previous wait (never the case in the runner) still starts at the floor.
+        let h = probe_every(Duration::from_secs(5));
+        assert_eq!(h.start_period_wait(Duration::ZERO), FIRST_PROBE_DELAY);
+    }
 
     #[test]
     fn service_names_are_validated() {

@@ -2,8 +2,8 @@
 //! the tests need root) and a real containerd.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::cgroup::cgroup2_mount;
@@ -483,6 +483,78 @@ async fn the_start_period_probes_fast_and_does_not_count_failures() {
         .await
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(1));
+    h.finish().await;
+}
+
+/// A probe that notes when it was called and answers "ready" once `flag` is set.
+fn timed_flag_probe(flag: Arc<AtomicBool>, calls: Arc<Mutex<Vec<std::time::Instant>>>) -> ProbeFn {
+    Arc::new(move || {
+        calls.lock().unwrap().push(std::time::Instant::now());
+        let flag = flag.clone();
+        Box::pin(async move {
+            if flag.load(Ordering::SeqCst) {
+                Ok("ready".to_owned())
+            } else {
+                Err("not ready yet".to_owned())
+            }
+        })
+    })
+}
+
+#[tokio::test]
+async fn the_first_probes_come_quickly_then_ease_off_without_hammering() {
+    let h = Harness::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    // containerd's interval: before, a process that missed the first probe waited for it.
+    let mut svc = sh("quickprobe", "exec sleep 600");
+    svc.health = HealthCheck::probe(
+        timed_flag_probe(ready.clone(), calls.clone()),
+        Duration::from_secs(5),
+        Duration::from_secs(1),
+        3,
+    );
+    h.sup.register(svc).unwrap();
+    let started = std::time::Instant::now();
+    h.sup.start("quickprobe").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = calls.lock().unwrap().clone();
+    assert_eq!(h.sup.status("quickprobe").unwrap().state, State::Running);
+    // Not at the spawn (the process cannot answer yet), but well before a whole interval.
+    let first = seen[0] - started;
+    assert!(
+        first >= Duration::from_millis(90) && first < Duration::from_millis(600),
+        "first probe after {first:?}"
+    );
+    // Quick at first, then easing off: never more often than the first wait, never more
+    // than two a second once eased off, so 2 s of "not yet" is a handful of probes.
+    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        (4..=7).contains(&seen.len()),
+        "{} probes in 2 s, gaps {gaps:?}",
+        seen.len()
+    );
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(90)),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps.windows(2)
+            .all(|w| w[1] + Duration::from_millis(50) >= w[0]),
+        "waits only grow: {gaps:?}"
+    );
+    // Ready now: found within one eased-off wait, not one 5 s interval later.
+    ready.store(true, Ordering::SeqCst);
+    let became_ready = std::time::Instant::now();
+    h.sup
+        .wait_for("quickprobe", &[State::Healthy], Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(
+        became_ready.elapsed() < Duration::from_millis(900),
+        "healthy {:?} after it was ready",
+        became_ready.elapsed()
+    );
     h.finish().await;
 }
 
