@@ -106,7 +106,7 @@ fn find_line(text: &str, offset: usize, pattern: &str) -> Option<(String, usize)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Command, Stdio};
+    use std::process::{Child, Command, Stdio};
 
     #[test]
     fn find_line_returns_whole_line_and_next_offset() {
@@ -121,24 +121,50 @@ mod tests {
         );
     }
 
+    /// A log writer that stands in for QEMU. The shell `exec`s its final wait, so the
+    /// process we hold is the only one left holding the inherited pipes: killing and
+    /// reaping it (also when an assertion fails first) leaves nothing behind.
+    struct Writer(Child);
+
+    impl Writer {
+        fn spawn(script: &str) -> Writer {
+            Writer(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        }
+
+        /// Kills the writer and returns how it was reaped.
+        fn stop(&mut self) -> ExitStatus {
+            let _ = self.0.kill();
+            self.0.wait().unwrap()
+        }
+    }
+
+    impl Drop for Writer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     /// A real child process writes the log slowly; the wait sees the line appear.
     #[test]
     fn waits_for_a_line_a_child_process_prints_later() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("console.log");
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo booting > {p}; sleep 0.3; printf 'basalt-init: switch_root\\r\\n' >> {p}; sleep 5",
-                p = path.display()
-            ))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut writer = Writer::spawn(&format!(
+            "echo booting > {p}; sleep 0.3; printf 'basalt-init: switch_root\\r\\n' >> {p}; exec sleep 5",
+            p = path.display()
+        ));
         let log = ConsoleLog::new(&path);
         let line = log
             .wait_for("switch_root", Duration::from_secs(10), || {
-                child.try_wait().ok().flatten()
+                writer.0.try_wait().ok().flatten()
             })
             .unwrap();
         assert_eq!(line, "basalt-init: switch_root");
@@ -147,8 +173,45 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, QemuError::ConsoleTimeout { .. }));
         assert!(err.to_string().contains("booting"), "{err}");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        // The process we kill is the last one the writer runs, with no children of its
+        // own that could outlive the test holding its output pipes.
+        let pid = writer.0.id();
+        assert_eq!(
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap(),
+            "sleep\n"
+        );
+        let children = format!("/proc/{pid}/task/{pid}/children");
+        assert_eq!(std::fs::read_to_string(children).unwrap(), "");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            writer.stop().signal(),
+            Some(9),
+            "still running until killed"
+        );
+    }
+
+    /// A writer that is gone ends the wait at once with its exit status, instead of
+    /// running into the timeout.
+    #[test]
+    fn a_writer_that_exits_ends_the_wait_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut writer =
+            Writer::spawn(&format!("echo 'kernel panic' > {}; exit 3", path.display()));
+        let started = Instant::now();
+        let err = ConsoleLog::new(&path)
+            .wait_for("switch_root", Duration::from_secs(10), || {
+                writer.0.try_wait().ok().flatten()
+            })
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        match err {
+            QemuError::ExitedBeforePattern { status, tail, .. } => {
+                assert_eq!(status.code(), Some(3));
+                assert!(tail.contains("kernel panic"), "{tail}");
+            }
+            other => panic!("expected ExitedBeforePattern, got {other}"),
+        }
     }
 
     #[test]
