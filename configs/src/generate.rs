@@ -114,7 +114,12 @@ pub fn machine_configs(
             MachineType::Controlplane => secrets.api.ca.with_key(),
             MachineType::Worker => secrets.api.ca.certificate_only(),
         },
-        cert_sans: sans.clone(),
+        // The endpoint's host names the control planes: a worker's certificate must not
+        // claim it (trustd refuses to sign it).
+        cert_sans: match machine_type {
+            MachineType::Controlplane => sans.clone(),
+            MachineType::Worker => sans[1..].to_vec(),
+        },
         token: Some(secrets.machine_token.clone()),
     };
     let cluster_common = ClusterSpec {
@@ -264,5 +269,12 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(sans, vec!["192.0.2.10", "api.example.org"]);
+        let node_sans = |c: &MachineConfig| -> Vec<String> {
+            c.machine.cert_sans.iter().map(|s| s.to_string()).collect()
+        };
+        let (cp, worker) = machine_configs(&secrets, &o).unwrap();
+        assert_eq!(node_sans(&cp), ["192.0.2.10", "api.example.org"]);
+        // The endpoint names the control planes: a worker does not claim it.
+        assert_eq!(node_sans(&worker), ["api.example.org"]);
     }
 }

@@ -464,7 +464,14 @@ pub fn server_csr(key_pem: &str, common_name: &str, sans: &[String]) -> Result<S
 /// serverAuth only, no other extension). The certificate is built from the policy, not
 /// from the request: CA:FALSE, keyUsage digitalSignature + keyEncipherment, serverAuth,
 /// the requested names, valid for [`CSR_SERVER_VALIDITY`].
-pub fn sign_server_csr(ca: &CertAndKey, csr_pem: &str) -> Result<String, PkiError> {
+///
+/// `reserved` names (the cluster endpoint's host: the control planes' name) are refused,
+/// so a token holder cannot get a certificate clients would take for the control plane.
+pub fn sign_server_csr(
+    ca: &CertAndKey,
+    csr_pem: &str,
+    reserved: &[String],
+) -> Result<String, PkiError> {
     let refused = |reason: String| PkiError::CsrRefused { reason };
     if csr_pem.len() > MAX_CSR_PEM_BYTES {
         return Err(refused(format!(
@@ -538,9 +545,18 @@ pub fn sign_server_csr(ca: &CertAndKey, csr_pem: &str) -> Result<String, PkiErro
         )));
     }
     for name in &wanted.subject_alt_names {
-        if !matches!(name, SanType::DnsName(_) | SanType::IpAddress(_)) {
+        let text = match name {
+            SanType::DnsName(dns) => dns.as_str().to_ascii_lowercase(),
+            SanType::IpAddress(ip) => ip.to_string(),
+            other => {
+                return Err(refused(format!(
+                    "it names {other:?}; only DNS names and IP addresses are signed"
+                )));
+            }
+        };
+        if reserved.iter().any(|r| r.eq_ignore_ascii_case(&text)) {
             return Err(refused(format!(
-                "it names {name:?}; only DNS names and IP addresses are signed"
+                "it names {text}, the control plane's endpoint; a node certificate cannot claim it"
             )));
         }
     }
@@ -733,7 +749,7 @@ mod tests {
     }
 
     fn refusal(ca: &CertAndKey, csr: &str) -> String {
-        match sign_server_csr(ca, csr) {
+        match sign_server_csr(ca, csr, &["10.5.0.2".to_owned()]) {
             Err(PkiError::CsrRefused { reason }) => reason,
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -749,7 +765,7 @@ mod tests {
             &["w-1".into(), "localhost".into(), "10.5.0.3".into()],
         )
         .unwrap();
-        let cert = sign_server_csr(&ca, &csr).unwrap();
+        let cert = sign_server_csr(&ca, &csr, &[]).unwrap();
         // The certificate carries the requester's key, not one the signer made up.
         check_key_pair(&cert, &key).unwrap();
         let info = check_certificate_pem(&cert).unwrap();
@@ -805,6 +821,10 @@ mod tests {
                 csr_with(&key, |p| p.subject_alt_names.clear()),
             ),
             (
+                "the control plane's endpoint",
+                csr_with(&key, |p| p.subject_alt_names.push(san("10.5.0.2").unwrap())),
+            ),
+            (
                 "only DNS names and IP addresses",
                 csr_with(&key, |p| {
                     p.subject_alt_names
@@ -848,7 +868,7 @@ mod tests {
         for bad in [tampered.as_str(), "not a csr"] {
             assert!(
                 matches!(
-                    sign_server_csr(&ca, bad),
+                    sign_server_csr(&ca, bad, &[]),
                     Err(PkiError::CsrUnreadable { .. })
                 ),
                 "{bad}"

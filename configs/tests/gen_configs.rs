@@ -68,6 +68,7 @@ fn worker_trusts_the_cluster_but_holds_no_key() {
     assert!(worker.cluster.aggregator_ca.is_none());
     assert!(worker.cluster.service_account.is_none());
     assert_eq!(worker.cluster.token, secrets.bootstrap_token);
+    assert_eq!(worker.machine.token.as_ref(), Some(&secrets.machine_token));
     assert!(!worker.to_yaml().contains("PRIVATE KEY"));
     assert!(!worker.to_json().contains("PRIVATE KEY"));
     worker.validate(Mode::Metal).unwrap();
@@ -89,8 +90,10 @@ fn defaults_are_the_documented_ones() {
             c.cluster.control_plane.endpoint.as_str(),
             "https://192.0.2.10:6443"
         );
-        assert_eq!(c.machine.cert_sans[0].to_string(), "192.0.2.10");
     }
+    // The endpoint names the control planes; a worker's certificate does not claim it.
+    assert_eq!(cp.machine.cert_sans[0].to_string(), "192.0.2.10");
+    assert!(worker.machine.cert_sans.is_empty());
 }
 
 #[test]
