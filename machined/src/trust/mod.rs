@@ -137,6 +137,8 @@ impl Refusal {
 pub struct Signer {
     ca: CertAndKey,
     token: String,
+    /// Names no node certificate may claim: the cluster endpoint's host.
+    reserved: Vec<String>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -146,8 +148,12 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    pub fn new(ca: CertAndKey, token: String) -> Self {
-        Self { ca, token }
+    pub fn new(ca: CertAndKey, token: String, reserved: Vec<String>) -> Self {
+        Self {
+            ca,
+            token,
+            reserved,
+        }
     }
 
     /// Checks the token, then signs the CSR under the policy of
@@ -159,7 +165,7 @@ impl Signer {
         if !token_matches(&self.token, &request.token) {
             return Err(Refusal::BadToken);
         }
-        match pki::sign_server_csr(&self.ca, &request.csr) {
+        match pki::sign_server_csr(&self.ca, &request.csr, &self.reserved) {
             Ok(certificate) => Ok(TrustCertificateResponse {
                 certificate,
                 ca: self.ca.cert_pem.clone(),
@@ -237,8 +243,21 @@ impl TrustdConfig {
                     key_pem: key.as_str().to_owned(),
                 },
                 token.to_string(),
+                reserved_names(&config.cluster.control_plane.endpoint),
             )),
         })
+    }
+}
+
+/// The names trustd refuses to sign: the cluster endpoint's host (the control planes'
+/// name, often a VIP). A loopback endpoint reserves nothing: every node is its own
+/// loopback, and node certificates carry it for port forwards.
+fn reserved_names(endpoint: &basalt_config::Endpoint) -> Vec<String> {
+    match endpoint.ip() {
+        Some(ip) if ip.is_loopback() => Vec::new(),
+        Some(ip) => vec![ip.to_string()],
+        None if endpoint.host().eq_ignore_ascii_case("localhost") => Vec::new(),
+        None => vec![endpoint.host().to_ascii_lowercase()],
     }
 }
 
@@ -506,7 +525,14 @@ impl Requester {
             api_ca_pem: config.machine.ca.crt.as_str().to_owned(),
             token: token.to_string(),
             common_name: hostname.to_owned(),
-            sans: ServerIdentity::sans_for(config, hostname, addresses),
+            // trustd refuses the endpoint's host: asking for it would fail forever.
+            sans: {
+                let reserved = reserved_names(&config.cluster.control_plane.endpoint);
+                ServerIdentity::sans_for(config, hostname, addresses)
+                    .into_iter()
+                    .filter(|san| !reserved.iter().any(|r| r.eq_ignore_ascii_case(san)))
+                    .collect()
+            },
         })
     }
 

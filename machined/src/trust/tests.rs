@@ -85,6 +85,16 @@ fn the_signer_checks_the_token_before_looking_at_the_csr() {
     assert_eq!(signed.ca, c.secrets.api.ca.crt.as_str());
     pki::check_key_pair(&signed.certificate, &key).unwrap();
 
+    // The control planes' endpoint is not for a worker to claim.
+    let endpoint_csr =
+        pki::server_csr(&key, "w-1", &["w-1".to_owned(), "10.5.0.2".to_owned()]).unwrap();
+    let mut cp = c.controlplane.clone();
+    cp.cluster.control_plane.endpoint = "https://10.5.0.2:6443".parse().unwrap();
+    let identity = ServerIdentity::for_node(&cp, "cp-1", &[]).unwrap();
+    let strict = TrustdConfig::node(&cp, identity).unwrap().signer;
+    let refusal = strict.sign(&request(endpoint_csr, &token)).unwrap_err();
+    assert!(refusal.message().contains("endpoint"), "{refusal:?}");
+
     // A CSR asking for a CA is a policy refusal (403), said in a sentence.
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["w-1".to_owned()]).unwrap();
@@ -131,6 +141,16 @@ fn a_worker_without_a_token_says_so() {
         r.sans[..5],
         ["w-1", "localhost", "127.0.0.1", "::1", "10.5.0.3"]
     );
+    // The endpoint's host is never asked for, even when it is one of the worker's names.
+    let mut on_endpoint = c.worker.clone();
+    on_endpoint.cluster.control_plane.endpoint = "https://10.5.0.3:6443".parse().unwrap();
+    let r = Requester::for_worker(
+        &on_endpoint,
+        "w-1",
+        &[IpAddr::V4(Ipv4Addr::new(10, 5, 0, 3))],
+    )
+    .unwrap();
+    assert!(!r.sans.contains(&"10.5.0.3".to_owned()), "{:?}", r.sans);
 }
 
 #[test]
