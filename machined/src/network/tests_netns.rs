@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -361,26 +362,85 @@ impl Drop for Dnsmasq {
 
 const CLIENT_MAC: &str = "52:54:00:aa:bb:cc";
 
-fn dhcp_pair(tag: &str) -> (Netns, Netns) {
-    let server = Netns::new(&format!("{tag}-srv"));
-    let client = Netns::new(&format!("{tag}-cli"));
-    client.ip(&[
-        "link",
-        "add",
-        "dc0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "ds0",
-        "netns",
-        &server.name,
-    ]);
-    client.ip(&["link", "set", "dc0", "address", CLIENT_MAC]);
-    server.ip(&["addr", "add", "10.99.0.1/24", "dev", "ds0"]);
-    server.ip(&["link", "set", "ds0", "up"]);
-    server.ip(&["link", "set", "lo", "up"]);
-    (server, client)
+/// What every DHCP test sets up: a server namespace with dnsmasq on `ds0`
+/// (10.99.0.1/24), a client namespace whose `dc0` (MAC [`CLIENT_MAC`]) is the other end,
+/// and an /etc for the client's resolv.conf and hosts.
+struct DhcpLab {
+    server: Netns,
+    client: Netns,
+    dnsmasq: Mutex<Option<Dnsmasq>>,
+    etc: tempfile::TempDir,
+}
+
+impl DhcpLab {
+    fn start(tag: &str, dnsmasq_args: &[&str]) -> DhcpLab {
+        let server = Netns::new(&format!("{tag}-srv"));
+        let client = Netns::new(&format!("{tag}-cli"));
+        client.ip(&[
+            "link",
+            "add",
+            "dc0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ds0",
+            "netns",
+            &server.name,
+        ]);
+        client.ip(&["link", "set", "dc0", "address", CLIENT_MAC]);
+        server.ip(&["addr", "add", "10.99.0.1/24", "dev", "ds0"]);
+        server.ip(&["link", "set", "ds0", "up"]);
+        server.ip(&["link", "set", "lo", "up"]);
+        let dnsmasq = Dnsmasq::start(&server, "ds0", dnsmasq_args);
+        DhcpLab {
+            server,
+            client,
+            dnsmasq: Mutex::new(Some(dnsmasq)),
+            etc: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn opts(&self) -> Options {
+        opts(self.etc.path())
+    }
+
+    /// Configures the client for [`dhcp_intent`] (call inside `client.run`).
+    async fn configure(&self) -> Network {
+        configure(&dhcp_intent(), &self.opts()).await.unwrap()
+    }
+
+    /// Stops the DHCP server.
+    fn stop_server(&self) {
+        self.dnsmasq.lock().unwrap().take();
+    }
+
+    /// Starts a DHCP server again, with other arguments (after [`Self::stop_server`]).
+    fn start_server(&self, dnsmasq_args: &[&str]) {
+        let dnsmasq = Dnsmasq::start(&self.server, "ds0", dnsmasq_args);
+        *self.dnsmasq.lock().unwrap() = Some(dnsmasq);
+    }
+}
+
+/// The lease the client holds right after `configure` returned.
+fn first_lease(state: &NetworkState) -> LeaseStatus {
+    state
+        .snapshot()
+        .leases()
+        .next()
+        .cloned()
+        .expect("no first lease")
+}
+
+/// Asks `probe` every 250 ms, at most `tries` times, until it finds something.
+async fn poll<T>(tries: u32, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..tries {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(found) = probe() {
+            return Some(found);
+        }
+    }
+    None
 }
 
 fn dhcp_intent() -> Intent {
@@ -402,10 +462,8 @@ fn dhcp_intent() -> Intent {
 
 #[test]
 fn dhcp_client_gets_a_lease_from_dnsmasq_and_installs_it() {
-    let (server, client) = dhcp_pair("dhcp");
-    let _dnsmasq = Dnsmasq::start(
-        &server,
-        "ds0",
+    let lab = DhcpLab::start(
+        "dhcp",
         &[
             "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,10m",
             "--dhcp-option=option:router,10.99.0.1",
@@ -415,10 +473,9 @@ fn dhcp_client_gets_a_lease_from_dnsmasq_and_installs_it() {
             "--dhcp-host=52:54:00:aa:bb:cc,worker-7",
         ],
     );
-    let etc = tempfile::tempdir().unwrap();
-    let etc_path = etc.path().to_owned();
-    client.run(|| async move {
-        let network = configure(&dhcp_intent(), &opts(&etc_path)).await.unwrap();
+    let etc_path = lab.etc.path();
+    lab.client.run(|| async {
+        let network = lab.configure().await;
         let snap = network.state().snapshot();
         let lease = snap
             .leases()
@@ -509,11 +566,9 @@ fn dhcp_client_gets_a_lease_from_dnsmasq_and_installs_it() {
 
 #[test]
 fn dhcp_client_renews_at_t1_by_unicast() {
-    let (server, client) = dhcp_pair("renew");
     // dnsmasq's shortest lease is two minutes; T1/T2 options make it renew early.
-    let _dnsmasq = Dnsmasq::start(
-        &server,
-        "ds0",
+    let lab = DhcpLab::start(
+        "renew",
         &[
             "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m",
             "--dhcp-option=option:router,10.99.0.1",
@@ -521,29 +576,20 @@ fn dhcp_client_renews_at_t1_by_unicast() {
             "--dhcp-option=option:T2,100",
         ],
     );
-    let etc = tempfile::tempdir().unwrap();
-    let etc_path = etc.path().to_owned();
-    client.run(|| async move {
-        let network = configure(&dhcp_intent(), &opts(&etc_path)).await.unwrap();
+    lab.client.run(|| async {
+        let network = lab.configure().await;
         let state = network.state();
-        let first = state
-            .snapshot()
-            .leases()
-            .next()
-            .cloned()
-            .expect("no first lease");
-        let mut renewed = None;
-        for _ in 0..40 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            if let Some(l) = state.snapshot().leases().next()
-                && l.acquired_at > first.acquired_at
-                && matches!(state.snapshot().dhcp[0].1, DhcpStatus::Bound { .. })
-            {
-                renewed = Some(l.clone());
-                break;
-            }
-        }
-        let renewed = renewed.expect("lease was not renewed within 10 s of T1 = 3 s");
+        let first = first_lease(&state);
+        let renewed = poll(40, || {
+            let snap = state.snapshot();
+            snap.leases()
+                .next()
+                .filter(|l| l.acquired_at > first.acquired_at)
+                .filter(|_| matches!(snap.dhcp[0].1, DhcpStatus::Bound { .. }))
+                .cloned()
+        })
+        .await
+        .expect("lease was not renewed within 10 s of T1 = 3 s");
         assert_eq!(renewed.address, first.address, "renewal keeps the address");
         network.shutdown().await;
     });
@@ -613,10 +659,8 @@ fn configure_future_is_send() {
 
 #[test]
 fn maintenance_mode_runs_dhcp_on_links_sysfs_calls_physical() {
-    let (server, client) = dhcp_pair("maint");
-    let _dnsmasq = Dnsmasq::start(
-        &server,
-        "ds0",
+    let lab = DhcpLab::start(
+        "maint",
         &[
             "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,10m",
             "--dhcp-option=option:router,10.99.0.1",
@@ -626,11 +670,11 @@ fn maintenance_mode_runs_dhcp_on_links_sysfs_calls_physical() {
     let sys = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(sys.path().join("dc0/device")).unwrap();
     // A second virtual link must be ignored by maintenance mode.
-    client.ip(&["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"]);
-    let etc = tempfile::tempdir().unwrap();
-    let mut o = opts(etc.path());
+    lab.client
+        .ip(&["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"]);
+    let mut o = lab.opts();
     o.sys_class_net = sys.path().to_owned();
-    client.run(|| async move {
+    lab.client.run(|| async move {
         let network = configure(&Intent::Maintenance, &o).await.unwrap();
         let names: Vec<&str> = network
             .plan()
@@ -655,51 +699,32 @@ fn maintenance_mode_runs_dhcp_on_links_sysfs_calls_physical() {
 
 #[test]
 fn dhcp_nak_on_renewal_drops_the_address_and_starts_over() {
-    let (server, client) = dhcp_pair("nak");
-    let first_server = Dnsmasq::start(
-        &server,
-        "ds0",
+    let lab = DhcpLab::start(
+        "nak",
         &[
             "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m",
             "--dhcp-option=option:T1,3",
             "--dhcp-option=option:T2,100",
         ],
     );
-    let etc = tempfile::tempdir().unwrap();
-    let etc_path = etc.path().to_owned();
-    let server_name = server.name.clone();
-    client.run(|| async move {
-        let network = configure(&dhcp_intent(), &opts(&etc_path)).await.unwrap();
+    lab.client.run(|| async {
+        let network = lab.configure().await;
         let state = network.state();
-        let first = state
-            .snapshot()
-            .leases()
-            .next()
-            .cloned()
-            .expect("no first lease");
+        let first = first_lease(&state);
         // The network is renumbered: an authoritative server that does not know the old
         // address must NAK the renewal.
-        drop(first_server);
-        let server = Netns {
-            name: server_name.clone(),
-        };
-        let _second = Dnsmasq::start(
-            &server,
-            "ds0",
-            &["--dhcp-range=10.99.0.100,10.99.0.110,255.255.255.0,2m"],
-        );
-        std::mem::forget(server); // owned by the outer scope, which deletes it
-        let mut moved = None;
-        for _ in 0..60 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            if let Some(l) = state.snapshot().leases().next()
-                && l.address != first.address
-            {
-                moved = Some(l.clone());
-                break;
-            }
-        }
-        let moved = moved.expect("client did not move to the new range after a NAK");
+        lab.stop_server();
+        lab.start_server(&["--dhcp-range=10.99.0.100,10.99.0.110,255.255.255.0,2m"]);
+        let moved = poll(60, || {
+            state
+                .snapshot()
+                .leases()
+                .next()
+                .filter(|l| l.address != first.address)
+                .cloned()
+        })
+        .await
+        .expect("client did not move to the new range after a NAK");
         let IpAddr::V4(ip) = moved.address.addr() else {
             panic!()
         };
@@ -717,53 +742,37 @@ fn dhcp_nak_on_renewal_drops_the_address_and_starts_over() {
 
 #[test]
 fn dhcp_rebinds_by_broadcast_at_t2_when_the_server_is_gone() {
-    let (server, client) = dhcp_pair("rebind");
-    let first_server = Dnsmasq::start(
-        &server,
-        "ds0",
+    let lab = DhcpLab::start(
+        "rebind",
         &[
             "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m",
             "--dhcp-option=option:T1,3",
             "--dhcp-option=option:T2,6",
         ],
     );
-    let etc = tempfile::tempdir().unwrap();
-    let etc_path = etc.path().to_owned();
-    let server_name = server.name.clone();
-    client.run(|| async move {
-        let network = configure(&dhcp_intent(), &opts(&etc_path)).await.unwrap();
+    lab.client.run(|| async {
+        let network = lab.configure().await;
         let state = network.state();
-        let first = state
-            .snapshot()
-            .leases()
-            .next()
-            .cloned()
-            .expect("no first lease");
+        let first = first_lease(&state);
         assert_eq!(first.server, std::net::Ipv4Addr::new(10, 99, 0, 1));
         // The server moves to another address: unicast renewals to 10.99.0.1 go
         // unanswered, only the broadcast at T2 reaches it.
-        drop(first_server);
-        let server = Netns { name: server_name };
-        server.ip(&["addr", "del", "10.99.0.1/24", "dev", "ds0"]);
-        server.ip(&["addr", "add", "10.99.0.2/24", "dev", "ds0"]);
-        let _second = Dnsmasq::start(
-            &server,
-            "ds0",
-            &["--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m"],
-        );
-        std::mem::forget(server); // owned by the outer scope, which deletes it
-        let mut rebound = None;
-        for _ in 0..60 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let snap = state.snapshot();
-            if let Some((_, DhcpStatus::Bound { lease })) = snap.dhcp.first()
-                && lease.server == std::net::Ipv4Addr::new(10, 99, 0, 2)
+        lab.stop_server();
+        lab.server
+            .ip(&["addr", "del", "10.99.0.1/24", "dev", "ds0"]);
+        lab.server
+            .ip(&["addr", "add", "10.99.0.2/24", "dev", "ds0"]);
+        lab.start_server(&["--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m"]);
+        let rebound = poll(60, || match state.snapshot().dhcp.first() {
+            Some((_, DhcpStatus::Bound { lease }))
+                if lease.server == std::net::Ipv4Addr::new(10, 99, 0, 2) =>
             {
-                rebound = Some(lease.clone());
-                break;
+                Some(lease.clone())
             }
-        }
-        let rebound = rebound.expect("lease was not rebound with the moved server");
+            _ => None,
+        })
+        .await
+        .expect("lease was not rebound with the moved server");
         assert_eq!(
             rebound.address, first.address,
             "rebinding keeps the address"
@@ -835,38 +844,33 @@ fn default_routes_of_two_links_coexist_only_with_distinct_metrics() {
 
 #[test]
 fn dropping_the_handle_keeps_dhcp_running() {
-    let (server, client) = dhcp_pair("drop");
-    let _dnsmasq = Dnsmasq::start(
-        &server,
-        "ds0",
+    let lab = DhcpLab::start(
+        "drop",
         &[
             "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m",
             "--dhcp-option=option:T1,3",
             "--dhcp-option=option:T2,100",
         ],
     );
-    let etc = tempfile::tempdir().unwrap();
-    let etc_path = etc.path().to_owned();
-    client.run(|| async move {
-        let network = configure(&dhcp_intent(), &opts(&etc_path)).await.unwrap();
+    lab.client.run(|| async {
+        let network = lab.configure().await;
         let state = network.state();
-        let first = state.snapshot().leases().next().cloned().expect("no lease");
+        let first = first_lease(&state);
         drop(network);
         // The client still renews at T1 and the address stays.
-        let mut renewed = false;
-        for _ in 0..40 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            if state
+        let renewed = poll(40, || {
+            state
                 .snapshot()
                 .leases()
                 .next()
                 .is_some_and(|l| l.acquired_at > first.acquired_at)
-            {
-                renewed = true;
-                break;
-            }
-        }
-        assert!(renewed, "client stopped when the handle was dropped");
+                .then_some(())
+        })
+        .await;
+        assert!(
+            renewed.is_some(),
+            "client stopped when the handle was dropped"
+        );
         let nl = Netlink::connect().unwrap();
         assert!(
             nl.addresses()
