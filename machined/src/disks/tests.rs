@@ -3,7 +3,7 @@
 //! attached with partition scanning, then prepared exactly as on a node.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::config_source::tests::{Loop, require_root, run};
 
@@ -15,12 +15,17 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const MIB: u64 = 1024 * 1024;
 
+/// What every test that touches a device starts from: root checked, the other mounting
+/// tests kept out until this one is done, and the node's mount points in a temp dir.
 struct Node {
     tmp: tempfile::TempDir,
     paths: Paths,
+    _serial: MutexGuard<'static, ()>,
 }
 
 fn node() -> Node {
+    require_root();
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let paths = Paths {
         sys: "/sys".into(),
@@ -28,26 +33,51 @@ fn node() -> Node {
         state_mount: tmp.path().join("system/state"),
         ephemeral_mount: tmp.path().join("var"),
     };
-    Node { tmp, paths }
+    Node {
+        tmp,
+        paths,
+        _serial: serial,
+    }
 }
 
-/// A disk file whose first `image_mib` look like the image builder's output (GPT with
-/// one 32 MiB EFI System partition at 1 MiB, FAT-formatted, backup GPT at the image's
-/// end), grown to `disk_mib` as `dd` onto a larger disk leaves it.
-fn image_disk(dir: &Path, image_mib: u64, disk_mib: u64) -> PathBuf {
-    let file = dir.join("disk.raw");
-    std::fs::File::create(&file)
+impl Node {
+    /// A disk file whose first `image_mib` look like the image builder's output (GPT
+    /// with one 32 MiB EFI System partition at 1 MiB, backup GPT at the image's end),
+    /// grown to `disk_mib` as `dd` onto a larger disk leaves it, attached with
+    /// partition scanning.
+    fn image_disk(&self, image_mib: u64, disk_mib: u64) -> Loop {
+        let file = self.tmp.path().join("disk.raw");
+        sized_file(&file, image_mib * MIB);
+        sfdisk_write(
+            &file,
+            "label: gpt\nstart=2048, size=65536, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=EFI\n",
+        );
+        sized_file(&file, disk_mib * MIB);
+        Loop::attach(&file, true)
+    }
+}
+
+/// Creates `file` (sparse) or grows it to `len` bytes, as a larger disk would be.
+fn sized_file(file: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(file)
         .unwrap()
-        .set_len(image_mib * MIB)
+        .set_len(len)
         .unwrap();
-    let script =
-        "label: gpt\nstart=2048, size=65536, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=EFI\n";
+}
+
+/// Writes a partition table with sfdisk's script syntax, without asking the kernel to
+/// re-read it (the tests attach or scan the device themselves).
+fn sfdisk_write(target: &Path, script: &str) {
+    use std::io::Write;
     let mut child = std::process::Command::new("sfdisk")
-        .args(["--quiet", file.to_str().unwrap()])
+        .args(["--quiet", "--no-reread", target.to_str().unwrap()])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("sfdisk (fdisk package) is installed");
-    use std::io::Write;
     child
         .stdin
         .take()
@@ -55,13 +85,11 @@ fn image_disk(dir: &Path, image_mib: u64, disk_mib: u64) -> PathBuf {
         .write_all(script.as_bytes())
         .unwrap();
     assert!(child.wait().unwrap().success());
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(disk_mib * MIB)
-        .unwrap();
-    file
+}
+
+/// The device node of partition `number` of a loop device.
+fn partition(lo: &Loop, number: u32) -> PathBuf {
+    PathBuf::from(format!("/dev/{}p{number}", lo.name()))
 }
 
 fn sfdisk_json(dev: &Path) -> serde_json::Value {
@@ -87,17 +115,13 @@ fn is_mounted(target: &Path) -> bool {
 
 #[test]
 fn first_boot_creates_formats_and_mounts_then_second_boot_reuses() {
-    require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let n = node();
-    let file = image_disk(n.tmp.path(), 64, 512);
-    let lo = Loop::attach(&file, true);
-    let name = lo.name();
+    let lo = n.image_disk(64, 512);
 
     // First boot.
     let outcome = prepare_disk(&lo.dev, &n.paths).unwrap().unwrap();
-    let p2 = PathBuf::from(format!("/dev/{name}p2"));
-    let p3 = PathBuf::from(format!("/dev/{name}p3"));
+    let p2 = partition(&lo, 2);
+    let p3 = partition(&lo, 3);
     assert_eq!(
         outcome,
         DiskOutcome::Disk {
@@ -177,15 +201,11 @@ fn first_boot_creates_formats_and_mounts_then_second_boot_reuses() {
 
 #[test]
 fn busy_disk_gets_its_partitions_through_blkpg() {
-    require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let n = node();
-    let file = image_disk(n.tmp.path(), 64, 256);
-    let lo = Loop::attach(&file, true);
-    let name = lo.name();
+    let lo = n.image_disk(64, 256);
     // The EFI partition is mounted (ext4 here: the host kernel has no vfat), so
     // BLKRRPART answers EBUSY and the executor must fall back to BLKPG.
-    let p1 = PathBuf::from(format!("/dev/{name}p1"));
+    let p1 = partition(&lo, 1);
     // What the kernel would have done at boot: register the image's EFI partition
     // (partx uses BLKPG; this host kernel has no GPT parser of its own).
     if !p1.exists() {
@@ -207,28 +227,21 @@ fn busy_disk_gets_its_partitions_through_blkpg() {
     nix::mount::umount(&efi).unwrap();
     let outcome = result.unwrap().unwrap();
     assert!(matches!(outcome, DiskOutcome::Disk { ref created, .. } if created.len() == 2));
-    assert_eq!(
-        blkid(&PathBuf::from(format!("/dev/{name}p3")), "LABEL"),
-        "EPHEMERAL"
-    );
+    assert_eq!(blkid(&partition(&lo, 3), "LABEL"), "EPHEMERAL");
     assert!(is_mounted(&n.paths.ephemeral_mount));
     unmount_all().unwrap();
 }
 
 #[test]
 fn interrupted_first_boot_formats_only_the_empty_partition() {
-    require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let n = node();
-    let file = image_disk(n.tmp.path(), 64, 256);
-    let lo = Loop::attach(&file, true);
-    let name = lo.name();
+    let lo = n.image_disk(64, 256);
     prepare_disk(&lo.dev, &n.paths).unwrap().unwrap();
     std::fs::write(n.paths.state_mount.join("keep"), b"1").unwrap();
     unmount_all().unwrap();
     // Power lost after the table was written and STATE formatted, before EPHEMERAL's
     // mkfs: its superblock area is still zeros.
-    let p3 = PathBuf::from(format!("/dev/{name}p3"));
+    let p3 = partition(&lo, 3);
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().write(true).open(&p3).unwrap();
@@ -273,14 +286,9 @@ fn interrupted_first_boot_formats_only_the_empty_partition() {
 
 #[test]
 fn disk_without_a_table_is_left_alone() {
-    require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let n = node();
     let file = n.tmp.path().join("blank.raw");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(256 * MIB)
-        .unwrap();
+    sized_file(&file, 256 * MIB);
     let lo = Loop::attach(&file, true);
     assert_eq!(prepare_disk(&lo.dev, &n.paths).unwrap(), None);
     assert!(std::fs::read(&file).unwrap().iter().all(|&b| b == 0));
@@ -296,8 +304,6 @@ fn disk_without_a_table_is_left_alone() {
 
 #[test]
 fn no_disk_means_tmpfs() {
-    require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut n = node();
     // A machine with no block devices at all (PXE, -kernel without a disk).
     let sys = n.tmp.path().join("sys");
@@ -319,13 +325,9 @@ fn no_disk_means_tmpfs() {
 
 #[test]
 fn existing_state_is_mounted_before_config_acquisition() {
-    require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut n = node();
-    let file = image_disk(n.tmp.path(), 64, 256);
-    let lo = Loop::attach(&file, true);
-    let name = lo.name();
-    n.paths.sys = sys_with_only(n.tmp.path(), &name);
+    let lo = n.image_disk(64, 256);
+    n.paths.sys = sys_with_only(n.tmp.path(), &lo.name());
 
     // First boot: nothing to mount yet, and nothing is created by this call.
     assert_eq!(mount_existing_state(&n.paths).unwrap(), None);
@@ -345,7 +347,7 @@ fn existing_state_is_mounted_before_config_acquisition() {
     // reuses that mount.
     assert_eq!(
         mount_existing_state(&n.paths).unwrap(),
-        Some(PathBuf::from(format!("/dev/{name}p2")))
+        Some(partition(&lo, 2))
     );
     assert!(is_mounted(&n.paths.state_mount));
     let outcome = prepare(None, &n.paths).unwrap();
@@ -385,11 +387,8 @@ fn loader_variable_parses() {
 
 #[test]
 fn boot_disk_is_found_by_the_loaders_partuuid() {
-    require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut n = node();
-    let file = image_disk(n.tmp.path(), 64, 256);
-    let lo = Loop::attach(&file, true);
+    let lo = n.image_disk(64, 256);
     n.paths.sys = sys_with_only(n.tmp.path(), &lo.name());
     assert_eq!(
         boot_disk(&n.paths),
@@ -436,17 +435,11 @@ fn image_builder_disk_gets_state_and_ephemeral() {
     let raw = std::env::var_os("BASALT_IMAGE_RAW")
         .map(PathBuf::from)
         .expect("BASALT_IMAGE_RAW names the image builder's raw disk");
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let n = node();
     let file = n.tmp.path().join("disk.raw");
     std::fs::copy(&raw, &file).unwrap();
     let image_len = std::fs::metadata(&file).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(1024 * MIB)
-        .unwrap();
+    sized_file(&file, 1024 * MIB);
     let before = sfdisk_json(&file)["partitiontable"]["partitions"][0].clone();
     let lo = Loop::attach(&file, true);
     let outcome = prepare_disk(&lo.dev, &n.paths).unwrap().unwrap();
@@ -481,31 +474,15 @@ fn image_builder_disk_gets_state_and_ephemeral() {
 
 #[test]
 fn four_k_sector_disk() {
-    require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let n = node();
     let file = n.tmp.path().join("4k.raw");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(512 * MIB)
-        .unwrap();
+    sized_file(&file, 512 * MIB);
     let lo = Loop::attach_with_sector_size(&file, true, 4096);
     // The image's layout in 4 KiB sectors: EFI from 1 MiB, 32 MiB long.
-    let mut child = std::process::Command::new("sfdisk")
-        .args(["--quiet", "--no-reread", lo.dev.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"label: gpt\nstart=256, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=EFI\n")
-            .unwrap();
-    }
-    assert!(child.wait().unwrap().success());
+    sfdisk_write(
+        &lo.dev,
+        "label: gpt\nstart=256, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=EFI\n",
+    );
     let outcome = prepare_disk(&lo.dev, &n.paths).unwrap().unwrap();
     assert!(matches!(outcome, DiskOutcome::Disk { ref created, .. } if created.len() == 2));
     run("sfdisk", &["--verify", lo.dev.to_str().unwrap()]);
