@@ -305,10 +305,75 @@ impl Network {
 /// the DHCP clients are tasks on it). Returns a planning error before touching anything
 /// when the config names links this machine does not have.
 pub async fn configure(intent: &Intent, options: &Options) -> Result<Network, NetworkError> {
+    let (netlink, plan) = prepare(intent, options).await?;
+    start(netlink, plan, options).await
+}
+
+/// Replaces a running network with the plan for `intent`, for a config applied live.
+/// The new plan is made first: when it cannot be (a link the node does not have), the
+/// old network keeps running and the error says why. Then the old DHCP clients release
+/// their leases, static addresses and routes the new plan no longer declares are
+/// removed, and the new plan is applied.
+pub async fn reconfigure(
+    old: Network,
+    intent: &Intent,
+    options: &Options,
+) -> Result<Network, (Option<Network>, NetworkError)> {
+    let (netlink, plan) = match prepare(intent, options).await {
+        Ok(prepared) => prepared,
+        Err(e) => return Err((Some(old), e)),
+    };
+    let old_plan = old.plan().clone();
+    old.shutdown().await;
+    for (index, name, address) in plan::stale_addresses(&old_plan, &plan) {
+        if let Err(e) = netlink.delete_address(index, &name, address).await {
+            warning!("network: removing {address} from {name}: {e}");
+        }
+    }
+    for (index, name, route) in plan::stale_routes(&old_plan, &plan) {
+        if let Err(e) = netlink.delete_route(index, &name, &route).await {
+            warning!(
+                "network: removing the route to {} from {name}: {e}",
+                route.destination
+            );
+        }
+    }
+    let error = match start(netlink, plan, options).await {
+        Ok(net) => return Ok(net),
+        Err(e) => e,
+    };
+    // Half-applied: go back to the old plan so the node stays reachable as it was.
+    warning!("network: applying the new plan failed ({error}); restoring the previous one");
+    let restored = match Netlink::connect() {
+        Ok(netlink) => start(netlink, old_plan, options).await,
+        Err(e) => Err(e),
+    };
+    match restored {
+        Ok(net) => Err((Some(net), error)),
+        Err(e) => {
+            warning!("network: restoring the previous plan failed too: {e}");
+            Err((None, error))
+        }
+    }
+}
+
+/// Connects to rtnetlink, observes the links and plans: nothing on the host changes.
+async fn prepare(
+    intent: &Intent,
+    options: &Options,
+) -> Result<(Netlink, NetworkPlan), NetworkError> {
     let netlink = Netlink::connect()?;
     let observed = netlink.observe(&options.sys_class_net).await?;
     let plan = plan::plan(intent, &observed)?;
+    Ok((netlink, plan))
+}
 
+/// Applies a plan and starts its DHCP clients and the kernel-view refresher.
+async fn start(
+    netlink: Netlink,
+    plan: NetworkPlan,
+    options: &Options,
+) -> Result<Network, NetworkError> {
     for link in &plan.links {
         netlink.apply_link(link).await?;
     }

@@ -240,6 +240,46 @@ impl NetworkPlan {
     }
 }
 
+/// Static addresses `old` installed that `new` does not declare on the same link: what a
+/// live network change must remove (DHCP addresses go with their client's release).
+pub fn stale_addresses(old: &NetworkPlan, new: &NetworkPlan) -> Vec<(u32, String, IpNet)> {
+    stale(old, new, |l| l.addresses.clone())
+}
+
+/// Routes `old` installed (at once or after DHCP) that `new` does not declare on the same
+/// link.
+pub fn stale_routes(old: &NetworkPlan, new: &NetworkPlan) -> Vec<(u32, String, PlannedRoute)> {
+    stale(old, new, |l| {
+        l.routes
+            .iter()
+            .chain(&l.routes_after_dhcp)
+            .cloned()
+            .collect()
+    })
+}
+
+fn stale<T: PartialEq>(
+    old: &NetworkPlan,
+    new: &NetworkPlan,
+    items: impl Fn(&LinkPlan) -> Vec<T>,
+) -> Vec<(u32, String, T)> {
+    let mut out = Vec::new();
+    for link in &old.links {
+        let kept = new
+            .links
+            .iter()
+            .find(|l| l.index == link.index)
+            .map(&items)
+            .unwrap_or_default();
+        for item in items(link) {
+            if !kept.contains(&item) {
+                out.push((link.index, link.name.clone(), item));
+            }
+        }
+    }
+    out
+}
+
 /// Decides the network configuration. Loopback always comes up; in maintenance mode (and
 /// when a config declares no interfaces at all) every physical link runs DHCP; otherwise
 /// exactly the declared links are touched.
@@ -511,6 +551,37 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_live_change_removes_exactly_what_the_new_plan_no_longer_declares() {
+        let mut eth0 = iface(name("eth0"));
+        eth0.addresses = vec![net("10.0.0.2/24"), net("10.0.0.3/24")];
+        let mut eth1 = iface(name("eth1"));
+        eth1.addresses = vec![net("10.1.0.2/24")];
+        eth1.routes = vec![RouteSpec {
+            network: net("10.9.0.0/16"),
+            gateway: Some("10.1.0.1".parse().unwrap()),
+            metric: None,
+        }];
+        let old = plan(&configured(vec![eth0.clone(), eth1]), &lab()).unwrap();
+        eth0.addresses = vec![net("10.0.0.3/24"), net("10.0.0.4/24")];
+        let new = plan(&configured(vec![eth0]), &lab()).unwrap();
+        assert_eq!(
+            stale_addresses(&old, &new),
+            vec![
+                (2, "eth0".to_owned(), net("10.0.0.2/24")),
+                (3, "eth1".to_owned(), net("10.1.0.2/24")),
+            ]
+        );
+        assert!(stale_addresses(&new, &new).is_empty());
+        let routes = stale_routes(&old, &new);
+        assert_eq!(routes.len(), 1, "{routes:?}");
+        assert_eq!(
+            (routes[0].0, routes[0].2.destination),
+            (3, net("10.9.0.0/16"))
+        );
+        assert!(stale_routes(&new, &new).is_empty());
     }
 
     #[test]
