@@ -85,6 +85,10 @@ fn object(fields: Vec<F>) -> Value {
     json!({"type": "object", "required": required, "properties": props})
 }
 
+fn string_list() -> Value {
+    json!({"type": "array", "items": {"type": "string"}})
+}
+
 fn strings(values: &[&str]) -> Value {
     json!({"type": "string", "enum": values})
 }
@@ -169,6 +173,8 @@ pub fn schemas() -> Map<String, Value> {
             V("mode", modes.clone()),
             T("message", S),
             T("reboot", B),
+            V("applied_live", string_list()),
+            V("needs_reboot", string_list()),
         ]),
     );
     put(
@@ -484,6 +490,8 @@ mod tests {
                     mode: ApplyMode::Staged,
                     message: "m".into(),
                     reboot: false,
+                    applied_live: vec!["machine.sysctls".into()],
+                    needs_reboot: vec!["cluster.name".into()],
                 }),
             ),
             (

@@ -267,6 +267,13 @@ pub struct ApplyConfigResponse {
     pub message: String,
     /// True when the node reboots to apply it.
     pub reboot: bool,
+    /// The config fields changed on the running node without a reboot (live modes).
+    #[serde(default)]
+    pub applied_live: Vec<String>,
+    /// The config fields whose change waits for a reboot (`auto` reboots for them;
+    /// `staged` leaves them for the next boot).
+    #[serde(default)]
+    pub needs_reboot: Vec<String>,
 }
 
 /// One problem found in a machine config: where, and what.

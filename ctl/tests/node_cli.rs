@@ -94,6 +94,8 @@ fn sequencer(mut rx: mpsc::Receiver<ApplyCommand>) -> Stored {
                 mode: cmd.apply.mode,
                 message: "stored on STATE".into(),
                 reboot: false,
+                applied_live: vec![],
+                needs_reboot: vec![],
             }));
         }
     });

@@ -146,6 +146,8 @@ fn sequencer(mut rx: mpsc::Receiver<ApplyCommand>) -> Arc<Mutex<Vec<(String, App
                 mode: cmd.apply.mode,
                 message: "stored".into(),
                 reboot: false,
+                applied_live: vec![],
+                needs_reboot: vec![],
             }));
         }
     });
