@@ -28,16 +28,21 @@ impl Harness {
         ));
         let logs = tempfile::tempdir().unwrap();
         let sup = Supervisor::new(SupervisorConfig {
-            cgroup_root: Some(cgroup_root.clone()),
             log_dir: Some(logs.path().to_owned()),
-            log_limits: LogLimits::default(),
-            reaping: Reaping::Direct,
+            ..config(Some(cgroup_root.clone()), Reaping::Direct)
         });
         Self {
             sup,
             cgroup_root,
             logs,
         }
+    }
+
+    /// Registers `spec` and asks it to start.
+    fn launch(&self, spec: ServiceSpec) {
+        let service = spec.name.as_str().to_owned();
+        self.sup.register(spec).unwrap();
+        self.sup.start(&service).unwrap();
     }
 
     async fn finish(self) {
@@ -70,6 +75,26 @@ impl Drop for Harness {
         }
         let _ = std::fs::remove_dir(&self.cgroup_root);
     }
+}
+
+/// A supervisor configuration without a log directory.
+fn config(cgroup_root: Option<PathBuf>, reaping: Reaping) -> SupervisorConfig {
+    SupervisorConfig {
+        cgroup_root,
+        log_dir: None,
+        log_limits: LogLimits::default(),
+        reaping,
+    }
+}
+
+/// The text of every line in `service`'s log ring so far.
+fn log_texts(sup: &Supervisor, service: &str) -> Vec<String> {
+    sup.logs(service, false)
+        .unwrap()
+        .collect_now()
+        .into_iter()
+        .map(|l| l.text)
+        .collect()
 }
 
 fn name(s: &str) -> ServiceName {
@@ -123,14 +148,11 @@ fn alive(pid: i32) -> bool {
 #[tokio::test]
 async fn runs_a_process_in_its_cgroup_captures_logs_and_stops_it() {
     let h = Harness::new();
-    h.sup
-        .register(sh(
-            "echoer",
-            "echo hello from stdout; echo oops >&2; exec sleep 600",
-        ))
-        .unwrap();
     let mut events = h.sup.events();
-    h.sup.start("echoer").unwrap();
+    h.launch(sh(
+        "echoer",
+        "echo hello from stdout; echo oops >&2; exec sleep 600",
+    ));
     let status = h
         .sup
         .wait_for("echoer", &[State::Healthy], T)
@@ -203,8 +225,7 @@ async fn a_crash_loop_is_reported_and_backs_off() {
     let h = Harness::new();
     let mut spec = sh("crasher", "echo boom; exit 3");
     spec.backoff = fast_backoff();
-    h.sup.register(spec).unwrap();
-    h.sup.start("crasher").unwrap();
+    h.launch(spec);
     let deadline = tokio::time::Instant::now() + T;
     let status = loop {
         let status = h.sup.status("crasher").unwrap();
@@ -263,8 +284,7 @@ async fn a_missing_binary_fails_with_the_reason() {
     let h = Harness::new();
     let mut spec = ServiceSpec::process(name("ghost"), ProcessCommand::new("/nonexistent/ghostd"));
     spec.restart = RestartPolicy::Never;
-    h.sup.register(spec).unwrap();
-    h.sup.start("ghost").unwrap();
+    h.launch(spec);
     let status = h.sup.wait_for("ghost", &[State::Failed], T).await.unwrap();
     assert!(
         status
@@ -289,8 +309,7 @@ async fn stop_escalates_to_sigkill_and_kills_the_whole_cgroup() {
         "trap '' TERM; sleep 600 & echo grandchild=$!; wait; wait",
     );
     spec.stop_grace = Duration::from_millis(300);
-    h.sup.register(spec).unwrap();
-    h.sup.start("stubborn").unwrap();
+    h.launch(spec);
     let status = h
         .sup
         .wait_for("stubborn", &[State::Healthy], T)
@@ -314,14 +333,7 @@ async fn stop_escalates_to_sigkill_and_kills_the_whole_cgroup() {
     );
     assert!(!alive(main_pid));
     assert!(!alive(grandchild), "the grandchild died with the cgroup");
-    let lines: Vec<String> = h
-        .sup
-        .logs("stubborn", false)
-        .unwrap()
-        .collect_now()
-        .into_iter()
-        .map(|l| l.text)
-        .collect();
+    let lines = log_texts(&h.sup, "stubborn");
     assert!(
         lines.iter().any(|l| l.contains("after SIGTERM: SIGKILL")),
         "{lines:?}"
@@ -341,8 +353,7 @@ async fn leftovers_are_killed_when_the_main_process_exits() {
     let h = Harness::new();
     let mut spec = sh("forker", "sleep 600 & echo orphan=$!; exit 0");
     spec.restart = RestartPolicy::OnFailure;
-    h.sup.register(spec).unwrap();
-    h.sup.start("forker").unwrap();
+    h.launch(spec);
     let line = wait_log(&h.sup, "forker", "orphan=").await;
     let orphan: i32 = line.trim_start_matches("orphan=").parse().unwrap();
     let status = h
@@ -356,17 +367,42 @@ async fn leftovers_are_killed_when_the_main_process_exits() {
     h.finish().await;
 }
 
-fn flag_probe(flag: Arc<AtomicBool>) -> ProbeFn {
-    Arc::new(move || {
-        let flag = flag.clone();
-        Box::pin(async move {
-            if flag.load(Ordering::SeqCst) {
-                Ok("ready".to_owned())
-            } else {
-                Err("not ready yet".to_owned())
-            }
-        })
-    })
+/// A health probe the test controls: "not ready yet" until [`FlagProbe::set_ready`],
+/// with a record of when it was asked.
+#[derive(Clone, Default)]
+struct FlagProbe {
+    ready: Arc<AtomicBool>,
+    calls: Arc<Mutex<Vec<std::time::Instant>>>,
+}
+
+impl FlagProbe {
+    fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> Vec<std::time::Instant> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// An [`idle_task`] judged by this probe every `interval`, unhealthy after one
+    /// counted failure.
+    fn task(&self, service: &str, interval: Duration) -> ServiceSpec {
+        let this = self.clone();
+        let probe: ProbeFn = Arc::new(move || {
+            this.calls.lock().unwrap().push(std::time::Instant::now());
+            let ready = this.ready.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if ready {
+                    Ok("ready".to_owned())
+                } else {
+                    Err("not ready yet".to_owned())
+                }
+            })
+        });
+        let mut spec = idle_task(service);
+        spec.health = HealthCheck::probe(probe, interval, Duration::from_secs(1), 1);
+        spec
+    }
 }
 
 /// An internal service: logs, then runs until asked to stop.
@@ -385,14 +421,8 @@ fn idle_task(service: &str) -> ServiceSpec {
 #[tokio::test]
 async fn dependencies_start_first_and_stop_last() {
     let h = Harness::new();
-    let ready = Arc::new(AtomicBool::new(false));
-    let mut base = idle_task("base");
-    base.health = HealthCheck::probe(
-        flag_probe(ready.clone()),
-        Duration::from_millis(20),
-        Duration::from_secs(1),
-        1,
-    );
+    let ready = FlagProbe::default();
+    let mut base = ready.task("base", Duration::from_millis(20));
     // Counted at once: the test wants `unhealthy` while base is not ready.
     base.health.start_period = Duration::ZERO;
     let mut top = sh("top", "exec sleep 600");
@@ -413,7 +443,7 @@ async fn dependencies_start_first_and_stop_last() {
         "top waits for an unhealthy base"
     );
     assert_eq!(waiting.depends_on, vec!["base".to_owned()]);
-    ready.store(true, Ordering::SeqCst);
+    ready.set_ready();
     h.sup.wait_for("top", &[State::Healthy], T).await.unwrap();
     let base = h.sup.status("base").unwrap();
     assert_eq!((base.state, base.pid), (State::Healthy, None));
@@ -430,14 +460,7 @@ async fn dependencies_start_first_and_stop_last() {
         }
     }
     assert_eq!(order, vec!["top", "base"], "the dependent stops first");
-    let log: Vec<String> = h
-        .sup
-        .logs("base", false)
-        .unwrap()
-        .collect_now()
-        .into_iter()
-        .map(|l| l.text)
-        .collect();
+    let log = log_texts(&h.sup, "base");
     assert!(
         log.contains(&"serving".to_owned()) && log.contains(&"shutting down".to_owned()),
         "{log:?}"
@@ -453,17 +476,9 @@ async fn dependencies_start_first_and_stop_last() {
 #[tokio::test]
 async fn the_start_period_probes_fast_and_does_not_count_failures() {
     let h = Harness::new();
-    let ready = Arc::new(AtomicBool::new(false));
-    let mut svc = idle_task("slowstart");
+    let ready = FlagProbe::default();
     // A long interval: only the start period's fast probing can make it healthy quickly.
-    svc.health = HealthCheck::probe(
-        flag_probe(ready.clone()),
-        Duration::from_secs(3600),
-        Duration::from_secs(1),
-        1,
-    );
-    h.sup.register(svc).unwrap();
-    h.sup.start("slowstart").unwrap();
+    h.launch(ready.task("slowstart", Duration::from_secs(3600)));
     h.sup
         .wait_for("slowstart", &[State::Running], T)
         .await
@@ -476,7 +491,7 @@ async fn the_start_period_probes_fast_and_does_not_count_failures() {
         "failures in the start period do not count"
     );
     assert_eq!(status.message, "not ready yet: not ready yet");
-    ready.store(true, Ordering::SeqCst);
+    ready.set_ready();
     let started = std::time::Instant::now();
     h.sup
         .wait_for("slowstart", &[State::Healthy], Duration::from_secs(2))
@@ -486,41 +501,17 @@ async fn the_start_period_probes_fast_and_does_not_count_failures() {
     h.finish().await;
 }
 
-/// A probe that notes when it was called and answers "ready" once `flag` is set.
-fn timed_flag_probe(flag: Arc<AtomicBool>, calls: Arc<Mutex<Vec<std::time::Instant>>>) -> ProbeFn {
-    Arc::new(move || {
-        calls.lock().unwrap().push(std::time::Instant::now());
-        let flag = flag.clone();
-        Box::pin(async move {
-            if flag.load(Ordering::SeqCst) {
-                Ok("ready".to_owned())
-            } else {
-                Err("not ready yet".to_owned())
-            }
-        })
-    })
-}
-
 #[tokio::test]
 async fn the_first_probes_come_quickly_then_ease_off_without_hammering() {
     let h = Harness::new();
-    let ready = Arc::new(AtomicBool::new(false));
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    // containerd's interval: before, a process that missed the first probe waited for it.
-    let mut svc = sh("quickprobe", "exec sleep 600");
-    svc.health = HealthCheck::probe(
-        timed_flag_probe(ready.clone(), calls.clone()),
-        Duration::from_secs(5),
-        Duration::from_secs(1),
-        3,
-    );
-    h.sup.register(svc).unwrap();
+    let ready = FlagProbe::default();
+    // containerd's interval: a service that missed the first probe must not wait for it.
     let started = std::time::Instant::now();
-    h.sup.start("quickprobe").unwrap();
+    h.launch(ready.task("quickprobe", Duration::from_secs(5)));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let seen = calls.lock().unwrap().clone();
+    let seen = ready.calls();
     assert_eq!(h.sup.status("quickprobe").unwrap().state, State::Running);
-    // Not at the spawn (the process cannot answer yet), but well before a whole interval.
+    // Not at the spawn (nothing can answer yet), but well before a whole interval.
     let first = seen[0] - started;
     assert!(
         first >= Duration::from_millis(90) && first < Duration::from_millis(600),
@@ -544,7 +535,7 @@ async fn the_first_probes_come_quickly_then_ease_off_without_hammering() {
         "waits only grow: {gaps:?}"
     );
     // Ready now: found within one eased-off wait, not one 5 s interval later.
-    ready.store(true, Ordering::SeqCst);
+    ready.set_ready();
     let became_ready = std::time::Instant::now();
     h.sup
         .wait_for("quickprobe", &[State::Healthy], Duration::from_secs(3))
@@ -564,8 +555,7 @@ async fn a_task_that_ignores_stop_is_aborted_after_the_grace_period() {
     let task: TaskFn = Arc::new(|_ctx| Box::pin(std::future::pending()));
     let mut spec = ServiceSpec::task(name("deaf"), task);
     spec.stop_grace = Duration::from_millis(100);
-    h.sup.register(spec).unwrap();
-    h.sup.start("deaf").unwrap();
+    h.launch(spec);
     h.sup.wait_for("deaf", &[State::Healthy], T).await.unwrap();
     h.sup.stop("deaf").await.unwrap();
     assert_eq!(h.sup.status("deaf").unwrap().state, State::Stopped);
@@ -642,25 +632,14 @@ async fn supervises_a_real_containerd_and_reads_its_version() {
     containerd::write_files(&config_file, &settings, &mirrors).unwrap();
     let mut spec = containerd::service_spec(binary, &config_file, &settings);
     spec.health.interval = Duration::from_millis(200);
-    h.sup.register(spec).unwrap();
-    h.sup.start("containerd").unwrap();
+    h.launch(spec);
     let status = match h
         .sup
         .wait_for("containerd", &[State::Healthy], Duration::from_secs(60))
         .await
     {
         Ok(s) => s,
-        Err(e) => {
-            let log: Vec<String> = h
-                .sup
-                .logs("containerd", false)
-                .unwrap()
-                .collect_now()
-                .into_iter()
-                .map(|l| l.text)
-                .collect();
-            panic!("{e}\n{}", log.join("\n"));
-        }
+        Err(e) => panic!("{e}\n{}", log_texts(&h.sup, "containerd").join("\n")),
     };
     let health = status.health.unwrap();
     assert!(
@@ -704,12 +683,9 @@ async fn supervises_a_real_containerd_and_reads_its_version() {
     assert_eq!(status.state, State::Stopped);
     // A clean stop: containerd honours SIGTERM within the grace period.
     assert!(
-        !h.sup
-            .logs("containerd", false)
-            .unwrap()
-            .collect_now()
+        !log_texts(&h.sup, "containerd")
             .iter()
-            .any(|l| l.text.contains("after SIGTERM: SIGKILL")),
+            .any(|l| l.contains("after SIGTERM: SIGKILL")),
     );
     let err = grpc::containerd_version(&settings.address, Duration::from_secs(1))
         .await
@@ -792,12 +768,10 @@ async fn external_reaping_delivers_exits_through_child_exits() {
     let exits = ChildExits::new();
     let mount = cgroup2_mount().unwrap();
     let cgroup_root = mount.join(format!("basalt-test-ext-{}", std::process::id()));
-    let sup = Supervisor::new(SupervisorConfig {
-        cgroup_root: Some(cgroup_root.clone()),
-        log_dir: None,
-        log_limits: LogLimits::default(),
-        reaping: Reaping::External(exits.clone()),
-    });
+    let sup = Supervisor::new(config(
+        Some(cgroup_root.clone()),
+        Reaping::External(exits.clone()),
+    ));
     let mut spec = sh("reaped", "sleep 0.2; exit 4");
     spec.restart = RestartPolicy::Never;
     sup.register(spec).unwrap();
@@ -840,13 +814,7 @@ async fn external_reaping_delivers_exits_through_child_exits() {
         "{ghost:?}"
     );
     sup.stop("stopped").await.unwrap();
-    let log: Vec<String> = sup
-        .logs("stopped", false)
-        .unwrap()
-        .collect_now()
-        .into_iter()
-        .map(|l| l.text)
-        .collect();
+    let log = log_texts(&sup, "stopped");
     assert!(
         log.iter()
             .any(|l| l.contains("main process ended (killed by signal 15 (SIGTERM))")),
@@ -861,25 +829,14 @@ async fn external_reaping_delivers_exits_through_child_exits() {
 #[tokio::test]
 async fn without_cgroups_services_run_and_stop_by_process_group() {
     let not_cgroup = tempfile::tempdir().unwrap();
-    let sup = Supervisor::new(SupervisorConfig {
-        cgroup_root: Some(not_cgroup.path().to_owned()),
-        log_dir: None,
-        log_limits: LogLimits::default(),
-        reaping: Reaping::Direct,
-    });
+    let sup = Supervisor::new(config(Some(not_cgroup.path().to_owned()), Reaping::Direct));
     sup.register(sh("plain", "sleep 600 & echo child=$!; wait"))
         .unwrap();
     sup.start("plain").unwrap();
     sup.wait_for("plain", &[State::Healthy], T).await.unwrap();
     let line = wait_log(&sup, "plain", "child=").await;
     let child: i32 = line.trim_start_matches("child=").parse().unwrap();
-    let log: Vec<String> = sup
-        .logs("plain", false)
-        .unwrap()
-        .collect_now()
-        .into_iter()
-        .map(|l| l.text)
-        .collect();
+    let log = log_texts(&sup, "plain");
     assert!(
         log.iter()
             .any(|l| l.starts_with("warning: running without a cgroup: ")
@@ -892,12 +849,7 @@ async fn without_cgroups_services_run_and_stop_by_process_group() {
 
 #[test]
 fn registering_outside_a_runtime_is_an_error_not_a_panic() {
-    let sup = Supervisor::new(SupervisorConfig {
-        cgroup_root: None,
-        log_dir: None,
-        log_limits: LogLimits::default(),
-        reaping: Reaping::Direct,
-    });
+    let sup = Supervisor::new(config(None, Reaping::Direct));
     assert_eq!(
         sup.register(sh("early", "exit 0")).unwrap_err().to_string(),
         "service early cannot be registered outside a tokio runtime"
