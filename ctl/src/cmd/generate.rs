@@ -20,7 +20,7 @@ use super::{CmdResult, Failure, InvalidInput};
 pub enum GenCommand {
     /// Generate a cluster: secrets.yaml, controlplane.yaml, worker.yaml and a basaltconfig.
     Config(Box<ConfigArgs>),
-    /// Generate a secrets bundle (CAs, service-account key, bootstrap token).
+    /// Generate a secrets bundle (CAs, service-account key, bootstrap and machine tokens).
     Secrets(SecretsArgs),
     /// Issue a node API client certificate (or a whole basaltconfig) from a secrets bundle.
     Certificate(CertificateArgs),
@@ -220,7 +220,8 @@ fn config(args: ConfigArgs) -> CmdResult {
             mode: 0o600,
         });
     }
-    // Both configs hold secrets (the worker's bootstrap token admits nodes to the cluster).
+    // Both configs hold secrets (the worker's bootstrap token admits nodes to the cluster,
+    // its machine token gets API certificates signed).
     files.push(Planned {
         path: dir.join("controlplane.yaml"),
         contents: cp.to_yaml(),
