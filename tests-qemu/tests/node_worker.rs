@@ -71,10 +71,12 @@ fn wait(vm: &mut RunningQemu, what: &str, pattern: &str) -> String {
 #[test]
 fn a_worker_serves_an_api_certificate_signed_by_the_control_plane() {
     let secrets = SecretsBundle::generate().unwrap();
-    let opts = GenOptions::new(
+    let mut opts = GenOptions::new(
         "wire".parse().unwrap(),
         "https://10.5.0.2:6443".parse().unwrap(),
     );
+    // No install disk: platform cloud without a disk keeps STATE on tmpfs.
+    opts.install_disk = None;
     let (mut controlplane, mut worker) = machine_configs(&secrets, &opts).unwrap();
     wire(&mut controlplane, "cp-1", CP_MAC, "10.5.0.2/24");
     wire(&mut worker, "w-1", WORKER_MAC, "10.5.0.3/24");
