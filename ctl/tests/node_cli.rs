@@ -156,11 +156,19 @@ impl Cluster {
         }
     }
 
-    async fn configured(&self) -> Server {
-        let identity =
-            ServerIdentity::issue(&self.ca, "node-1", &[IpAddr::V4(Ipv4Addr::LOCALHOST)], &[])
-                .unwrap();
-        serve(ApiMode::Configured(identity)).await
+    /// A cluster CA and one node serving the configured (mTLS) API with a certificate
+    /// from it.
+    async fn with_configured_node() -> (Self, Server) {
+        let cluster = Self::new();
+        let identity = ServerIdentity::issue(
+            &cluster.ca,
+            "node-1",
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            &[],
+        )
+        .unwrap();
+        let server = serve(ApiMode::Configured(identity)).await;
+        (cluster, server)
     }
 
     /// A basaltconfig for `role` pointing at `server`.
@@ -193,6 +201,48 @@ async fn run(args: &[&str]) -> Output {
     basaltctl(args).output().await.unwrap()
 }
 
+/// Runs basaltctl with the client config at `config`.
+async fn run_as(config: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["--basaltconfig", s(config)];
+    all.extend_from_slice(args);
+    run(&all).await
+}
+
+/// Applies the control-plane config with `--insecure`, the maintenance-mode path.
+async fn apply_insecure(server: &Server) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "controlplane.yaml", CONTROLPLANE);
+    run(&[
+        "apply-config",
+        "--insecure",
+        "--nodes",
+        &server.endpoint(),
+        "-f",
+        s(&file),
+    ])
+    .await
+}
+
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+}
+
+fn assert_stdout_has(out: &Output, needle: &str) {
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(needle),
+        "{}",
+        text(out)
+    );
+}
+
+fn assert_stderr_has(out: &Output, needle: &str) {
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(needle),
+        "{}",
+        text(out)
+    );
+}
+
 fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -215,20 +265,9 @@ fn s(p: &Path) -> &str {
 #[tokio::test]
 async fn apply_config_insecure_reaches_a_node_in_maintenance_mode() {
     let server = serve(ApiMode::Maintenance).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "controlplane.yaml", CONTROLPLANE);
-    let endpoint = server.endpoint();
-    let out = run(&[
-        "apply-config",
-        "--insecure",
-        "--nodes",
-        &endpoint,
-        "-f",
-        s(&file),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("stored on STATE"));
+    let out = apply_insecure(&server).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "stored on STATE");
     assert_eq!(
         *server.stored.lock().unwrap(),
         vec![(CONTROLPLANE.to_owned(), ApplyMode::Auto)]
@@ -255,12 +294,8 @@ async fn apply_config_pins_the_fingerprint_and_reports_validation_errors() {
         s(&good),
     ])
     .await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("fingerprint"),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "fingerprint");
 
     let out = run(&[
         "apply-config",
@@ -272,7 +307,7 @@ async fn apply_config_pins_the_fingerprint_and_reports_validation_errors() {
         s(&bad),
     ])
     .await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_exit(&out, 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("422"), "{}", text(&out));
     assert!(
@@ -300,7 +335,7 @@ async fn apply_config_pins_the_fingerprint_and_reports_validation_errors() {
         "json",
     ])
     .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let answer: ApplyConfigResponse = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer.mode, ApplyMode::Staged);
 
@@ -314,17 +349,16 @@ async fn apply_config_pins_the_fingerprint_and_reports_validation_errors() {
         s(&good),
     ])
     .await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_exit(&out, 2);
 }
 
 #[tokio::test]
 async fn services_as_json_and_table_through_the_basaltconfig() {
-    let cluster = Cluster::new();
-    let server = cluster.configured().await;
+    let (cluster, server) = Cluster::with_configured_node().await;
     let config = cluster.basaltconfig(&server, Role::Reader);
 
-    let out = run(&["--basaltconfig", s(&config), "services", "-o", "json"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run_as(&config, &["services", "-o", "json"]).await;
+    assert_exit(&out, 0);
     let services: Vec<ServiceStatus> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(services.len(), 2);
     assert_eq!(services[1].state, ServiceState::Failed);
@@ -334,7 +368,7 @@ async fn services_as_json_and_table_through_the_basaltconfig() {
         .output()
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("SERVICE"), "{table}");
     assert!(table.contains("etcd         failed"), "{table}");
@@ -342,31 +376,25 @@ async fn services_as_json_and_table_through_the_basaltconfig() {
 
 #[tokio::test]
 async fn a_reader_cannot_reboot_and_exits_1() {
-    let cluster = Cluster::new();
-    let server = cluster.configured().await;
+    let (cluster, server) = Cluster::with_configured_node().await;
     let reader = cluster.basaltconfig(&server, Role::Reader);
-    let out = run(&["--basaltconfig", s(&reader), "reboot"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("403"),
-        "{}",
-        text(&out)
-    );
+    let out = run_as(&reader, &["reboot"]).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "403");
 
     let operator = cluster.basaltconfig(&server, Role::Operator);
-    let out = run(&["--basaltconfig", s(&operator), "reboot"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rebooting"));
+    let out = run_as(&operator, &["reboot"]).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "rebooting");
 }
 
 #[tokio::test]
 async fn logs_follow_prints_new_lines_as_they_come() {
-    let cluster = Cluster::new();
-    let server = cluster.configured().await;
+    let (cluster, server) = Cluster::with_configured_node().await;
     let config = cluster.basaltconfig(&server, Role::Reader);
 
-    let out = run(&["--basaltconfig", s(&config), "logs", "etcd"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run_as(&config, &["logs", "etcd"]).await;
+    assert_exit(&out, 0);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "etcd line 1\netcd line 2\n"
@@ -405,85 +433,42 @@ async fn logs_follow_prints_new_lines_as_they_come() {
 
 #[tokio::test]
 async fn unreachable_or_missing_nodes_are_errors_with_the_right_exit_code() {
-    let cluster = Cluster::new();
-    let server = cluster.configured().await;
+    let (cluster, server) = Cluster::with_configured_node().await;
     let config = cluster.basaltconfig(&server, Role::Admin);
     // Port 1 on loopback refuses connections: a runtime failure.
-    let out = run(&[
-        "--basaltconfig",
-        s(&config),
-        "--nodes",
-        "127.0.0.1:1",
-        "version",
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = run_as(&config, &["--nodes", "127.0.0.1:1", "version"]).await;
+    assert_exit(&out, 1);
     // A malformed address is the operator's input: exit 2.
-    let out = run(&[
-        "--basaltconfig",
-        s(&config),
-        "--nodes",
-        "http://x",
-        "version",
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = run_as(&config, &["--nodes", "http://x", "version"]).await;
+    assert_exit(&out, 2);
     // Maintenance flags against a configured node: the TLS refusal comes with a hint.
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "controlplane.yaml", CONTROLPLANE);
-    let endpoint = server.endpoint();
-    let out = run(&[
-        "apply-config",
-        "--insecure",
-        "-n",
-        &endpoint,
-        "-f",
-        s(&file),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("hint: --insecure"),
-        "{}",
-        text(&out)
-    );
-    let out = run(&["--basaltconfig", s(&config), "service", "nope"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no service named"),
-        "{}",
-        text(&out)
-    );
-    let out = run(&["--basaltconfig", s(&config), "version", "-o", "yaml"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("api_version: v1"),
-        "{}",
-        text(&out)
-    );
+    let out = apply_insecure(&server).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "hint: --insecure");
+    let out = run_as(&config, &["service", "nope"]).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "no service named");
+    let out = run_as(&config, &["version", "-o", "yaml"]).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "api_version: v1");
 }
 
 #[tokio::test]
 async fn ls_and_read_give_admins_files_under_var() {
-    let cluster = Cluster::new();
-    let server = cluster.configured().await;
+    let (cluster, server) = Cluster::with_configured_node().await;
     let admin = cluster.basaltconfig(&server, Role::Admin);
-    let out = run(&["--basaltconfig", s(&admin), "ls", "/var/log", "-o", "json"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run_as(&admin, &["ls", "/var/log", "-o", "json"]).await;
+    assert_exit(&out, 0);
     let entries: Vec<basalt_api::FileEntry> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].path, "/var/log/machined.log");
     assert_eq!(entries[0].size, 15);
 
-    let out = run(&["--basaltconfig", s(&admin), "read", "/var/log/machined.log"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run_as(&admin, &["read", "/var/log/machined.log"]).await;
+    assert_exit(&out, 0);
     assert_eq!(out.stdout, b"booted\nserving\n");
 
-    let out = run(&["--basaltconfig", s(&admin), "read", "/var/../etc/shadow"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("traversal"),
-        "{}",
-        text(&out)
-    );
+    let out = run_as(&admin, &["read", "/var/../etc/shadow"]).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "traversal");
 }
