@@ -45,6 +45,18 @@ impl Harness {
         self.sup.start(&service).unwrap();
     }
 
+    /// Makes `probe` answer "ready" and says how long `service` then took to be reported
+    /// healthy (at most 3 s).
+    async fn healthy_after_ready(&self, service: &str, probe: &FlagProbe) -> Duration {
+        probe.set_ready();
+        let ready_at = std::time::Instant::now();
+        self.sup
+            .wait_for(service, &[State::Healthy], Duration::from_secs(3))
+            .await
+            .unwrap();
+        ready_at.elapsed()
+    }
+
     async fn finish(self) {
         self.sup.stop_all(Duration::from_secs(30)).await.unwrap();
         // Every service cgroup is gone after a stop, so the root (created with the first
@@ -491,13 +503,8 @@ async fn the_start_period_probes_fast_and_does_not_count_failures() {
         "failures in the start period do not count"
     );
     assert_eq!(status.message, "not ready yet: not ready yet");
-    ready.set_ready();
-    let started = std::time::Instant::now();
-    h.sup
-        .wait_for("slowstart", &[State::Healthy], Duration::from_secs(2))
-        .await
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
+    let took = h.healthy_after_ready("slowstart", &ready).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
     h.finish().await;
 }
 
@@ -535,16 +542,10 @@ async fn the_first_probes_come_quickly_then_ease_off_without_hammering() {
         "waits only grow: {gaps:?}"
     );
     // Ready now: found within one eased-off wait, not one 5 s interval later.
-    ready.set_ready();
-    let became_ready = std::time::Instant::now();
-    h.sup
-        .wait_for("quickprobe", &[State::Healthy], Duration::from_secs(3))
-        .await
-        .unwrap();
+    let took = h.healthy_after_ready("quickprobe", &ready).await;
     assert!(
-        became_ready.elapsed() < Duration::from_millis(900),
-        "healthy {:?} after it was ready",
-        became_ready.elapsed()
+        took < Duration::from_millis(900),
+        "healthy {took:?} after it was ready"
     );
     h.finish().await;
 }
