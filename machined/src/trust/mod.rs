@@ -343,6 +343,8 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
             let Ok(Ok(tls)) = tokio::time::timeout(IO_TIMEOUT, acceptor.accept(tcp)).await else {
                 return;
             };
+            // On the dual-stack listener an IPv4 peer is ::ffff:a.b.c.d; log it as a.b.c.d.
+            let peer = peer.ip().to_canonical();
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(&shared, peer, req).await) }
@@ -380,7 +382,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
 
 async fn handle(
     shared: &Shared,
-    peer: SocketAddr,
+    peer: IpAddr,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     if req.uri().path() != TRUST_CERTIFICATE_PATH {
@@ -455,14 +457,14 @@ async fn handle(
                 pki::check_certificate_pem(&answer.certificate)
                     .map(|i| i.subject_name())
                     .unwrap_or_default(),
-                peer.ip()
+                peer
             );
             json(StatusCode::OK, &answer)
         }
         Err(refusal) => {
             warning!(
                 "trustd: refused a certificate request from {}: {}",
-                peer.ip(),
+                peer,
                 refusal.message()
             );
             if refusal == Refusal::BadToken {
