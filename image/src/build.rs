@@ -43,29 +43,38 @@ pub fn cmdline() -> String {
     "console=tty0 console=ttyS0,115200 basalt.platform=metal panic=10".to_owned()
 }
 
+/// Files the initramfs carries for the rootfs, under their rootfs path below this
+/// directory: machined and the shared libraries it loads. basalt-init bind-mounts each
+/// over the same path of the rootfs before switch_root. Executed from the xz squashfs
+/// with 1 MiB blocks, every page fault decompresses a whole block: ~1.2 s of TCG boot
+/// for machined alone, ~0.5 s more for libc and the loader (measured, docs/performance.md).
+pub const PRELOAD_DIR: &str = "/preload";
+
 /// Modules the initramfs carries: what basalt-init needs to mount rootfs.sqsh.
 pub const EARLY_MODULES: &str = "squashfs\nloop\n";
 
-/// Modules the node loads from the rootfs (after init mounted it): disks, network,
-/// file systems, and what kube-proxy (iptables-nft), flannel and containerd need.
+/// Modules machined loads from the rootfs in the background (basalt-init no longer
+/// does: it only mounts the rootfs): disks, network, file systems, and what kube-proxy
+/// (iptables-nft), flannel and containerd need. Listed in the order the boot needs them
+/// (machined moves a module a phase waits for to the front anyway): storage and fw_cfg
+/// for the config, the NIC for the API, then the file systems and netfilter; squashfs
+/// and loop, which init loaded already, last.
 pub const NODE_MODULES: &str = "\
-squashfs
-loop
 virtio_pci
 virtio_blk
 virtio_scsi
+qemu_fw_cfg optional
 virtio_net
 virtio_rng optional
 virtio_console optional
-overlay
 ext4
 vfat
 nls_cp437
 nls_iso8859-1
 nls_ascii
 isofs
-qemu_fw_cfg optional
 efivarfs optional
+overlay
 bridge
 br_netfilter
 veth
@@ -106,6 +115,19 @@ ip_vs optional
 ip_vs_rr optional
 ip_vs_wrr optional
 ip_vs_sh optional
+squashfs
+loop
+";
+
+/// Modules the rootfs carries (in modules.dep, with their closure) without loading them
+/// at boot: what `machine.kernel.modules` may ask for beyond NODE_MODULES. The kernel
+/// package has ~4000 modules, far more than the 40 MB initramfs budget holds, so this
+/// is a chosen list; a module outside it is refused by machined naming the config field.
+pub const AVAILABLE_MODULES: &str = "\
+dummy
+nbd
+wireguard
+xfs
 ";
 
 /// CNI plugins shipped in /usr/lib/cni (what a flannel/bridge conflist delegates to).
@@ -367,6 +389,61 @@ fn add_modules(tree: &mut Tree, km: &KernelModules, plan: &ModulePlan) -> anyhow
     Ok(())
 }
 
+/// Drivers on the way to the API (the config sources' and the NIC's), with their
+/// modules.dep closure: machined loads them from the initramfs copy (see PRELOAD_DIR)
+/// while the rest of NODE_MODULES still comes from the squashfs in the background.
+pub const PRELOAD_MODULES: &str = "\
+virtio_pci
+virtio_blk
+virtio_scsi
+qemu_fw_cfg
+virtio_net
+";
+
+/// The files basalt-init binds over the rootfs from the initramfs (see PRELOAD_DIR), by
+/// rootfs path: machined and the libraries it needs, the /etc template init copies,
+/// and the PRELOAD_MODULES files. Only regular files: symlinks and the module lists
+/// stay the rootfs' own.
+fn preload(
+    u: &Universe,
+    machined: &Path,
+    km: &KernelModules,
+    rootfs: &Tree,
+) -> anyhow::Result<Vec<(String, Node)>> {
+    let mut hot = Tree::default();
+    add_usr_merge_links(&mut hot)?;
+    add_foreign_binary(u, &mut hot, "/usr/sbin/machined", machined)?;
+    add_modules(&mut hot, km, &km.plan(&parse_wanted(PRELOAD_MODULES)?)?)?;
+    let template = format!("{ETC_TEMPLATE}/");
+    let etc = rootfs
+        .nodes
+        .iter()
+        .filter(|(p, _)| p.starts_with(&template))
+        .map(|(p, n)| (p.clone(), n.clone()));
+    Ok(hot
+        .nodes
+        .into_iter()
+        .chain(etc)
+        .filter(|(p, n)| {
+            matches!(n, Node::File { .. })
+                && !p.ends_with("/modules.dep")
+                && !p.ends_with("/modules.basalt")
+        })
+        .collect())
+}
+
+/// NODE_MODULES (loaded at boot) plus AVAILABLE_MODULES (carried, listed in modules.dep,
+/// loaded only on request): modules.basalt names only the former.
+fn node_modules_plan(km: &KernelModules) -> anyhow::Result<ModulePlan> {
+    let node = parse_wanted(NODE_MODULES)?;
+    let mut all = node.clone();
+    all.extend(parse_wanted(AVAILABLE_MODULES)?);
+    let mut plan = km.plan(&all)?;
+    plan.wanted
+        .retain(|w| node.iter().any(|n| n.name == w.name));
+    Ok(plan)
+}
+
 pub struct Staged {
     pub rootfs: Tree,
     pub extras: Vec<crate::sbom::ExtraInput>,
@@ -436,8 +513,13 @@ pub fn stage_rootfs(
     t.bytes("/etc/resolv.conf", "", 0o644)?;
     t.symlink("/etc/mtab", "../proc/self/mounts")?;
     add_foreign_binary(u, &mut t, "/usr/sbin/machined", machined)?;
+    // The binary itself travels in the initramfs (PRELOAD_DIR), which basalt-init
+    // bind-mounts over this placeholder: /usr/sbin/machined is machined at run time. The
+    // libraries stay here too (other programs use them); their initramfs copies are
+    // bound over them the same way.
+    t.bytes("/usr/sbin/machined", Vec::new(), 0o755)?;
 
-    let node_plan = km.plan(&parse_wanted(NODE_MODULES)?)?;
+    let node_plan = node_modules_plan(km)?;
     add_modules(&mut t, km, &node_plan)?;
 
     // etcd runs as a container from this image; the binary itself is not in the rootfs.
@@ -639,6 +721,9 @@ pub fn build(workspace: &Path, cache: &Cache, lock: &Lock, args: &BuildArgs) -> 
     add_foreign_binary(&inputs.universe, &mut initrd, "/init", &init_bin)?;
     let early = km.plan(&parse_wanted(EARLY_MODULES)?)?;
     add_modules(&mut initrd, &km, &early)?;
+    for (path, node) in preload(&inputs.universe, &machined_bin, &km, &staged.rootfs)? {
+        initrd.insert(&format!("{PRELOAD_DIR}{path}"), node)?;
+    }
     initrd.file("/rootfs.sqsh", Content::Source(sqsh.clone()), 0o644)?;
     let mut cpio = Vec::new();
     crate::cpio::write(&initrd, epoch, &mut cpio)?;

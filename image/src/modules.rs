@@ -1,11 +1,12 @@
 //! Kernel modules: pick the wanted ones and their dependency closure out of the kernel
-//! package, and write the two files basalt-init reads:
+//! package, and write the two files basalt-init (initramfs) and machined (rootfs) read
+//! through basalt-kmod:
 //!
 //! * `lib/modules/<kver>/modules.dep` — depmod format, restricted to the shipped modules:
 //!   `kernel/fs/squashfs/squashfs.ko:` followed by the module's full transitive
 //!   dependency list; loading that list from LAST to FIRST and then the module itself
 //!   satisfies every symbol (the order modprobe uses).
-//! * `lib/modules/<kver>/modules.basalt` — the CONTRACT with basalt-init: one wanted
+//! * `lib/modules/<kver>/modules.basalt` — the CONTRACT with basalt-kmod: one wanted
 //!   module per line, `name [optional] [param=value ...]`; `#` starts a comment. Names
 //!   are module names (`-` and `_` are equivalent). `optional` means "load failure is a
 //!   warning, not a boot failure". Built-in modules never appear.
@@ -384,7 +385,8 @@ impl ModulePlan {
 
     pub fn modules_basalt(&self) -> String {
         let mut out = String::from(
-            "# Modules basalt-init loads (with their modules.dep closure), in this order.\n\
+            "# Modules loaded at boot (with their modules.dep closure), in this order: the\n\
+             # initramfs' by basalt-init, the rootfs' by machined in the background.\n\
              # Format: name [optional] [param=value ...]\n",
         );
         for w in &self.wanted {

@@ -1,6 +1,7 @@
 //! basalt-init is /init in the initramfs, PID 1 stage 1: it mounts the kernel
-//! filesystems, loads the kernel modules the initramfs carries, mounts the read-only
-//! rootfs.sqsh, switches root and hands PID 1 to machined.
+//! filesystems, loads the kernel modules the initramfs carries (only what mounting the
+//! rootfs needs), mounts the read-only rootfs.sqsh, switches root and hands PID 1 to
+//! machined, which loads the node's modules from the rootfs.
 //!
 //! It must never return: PID 1 exiting is a kernel panic without a word of why. Every
 //! failure is printed and followed by a reboot after `basalt.panic_reboot` seconds.
@@ -8,8 +9,9 @@
 mod cmdline;
 mod log;
 mod loopdev;
-mod modules;
 mod rootfs;
+
+use basalt_kmod as modules;
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -23,6 +25,10 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const ROOTFS_IMAGE: &str = "/rootfs.sqsh";
 const NEWROOT: &str = "/newroot";
 const MACHINED: &str = "/sbin/machined";
+/// Files the initramfs carries for the rootfs under their rootfs path (machined, which
+/// has only a placeholder in the rootfs, its libraries, the /etc template and the boot
+/// drivers): read from the xz squashfs they cost seconds of decompression under TCG.
+const PRELOAD_DIR: &str = "/preload";
 
 static CMDLINE: OnceLock<cmdline::Cmdline> = OnceLock::new();
 
@@ -126,11 +132,16 @@ fn run() -> Result<Infallible, InitError> {
     // The mount holds the device now; closing our handle lets autoclear detach it when
     // the squashfs is unmounted at shutdown.
     drop(device);
-    load_modules(
-        "rootfs",
-        &Path::new(NEWROOT).join("lib/modules").join(&kver),
-    )?;
+    // The rootfs' own modules (disks, network, netfilter …) are machined's: it loads them
+    // in the background while its first phases run, instead of init holding up the boot.
     let newroot = Path::new(NEWROOT);
+    // Before /etc is copied: the template is among the preloaded files.
+    if Path::new(PRELOAD_DIR).is_dir() {
+        step(
+            |n: &usize| format!("bound {n} files of {PRELOAD_DIR} over the rootfs (machined, its libraries, the /etc template, the boot drivers)"),
+            || rootfs::bind_preloaded(Path::new(PRELOAD_DIR), newroot),
+        )?;
+    }
     let etc_source = step(
         |s: &rootfs::EtcSource| format!("mounted tmpfs on /etc /tmp /var, /etc from {s}"),
         || rootfs::prepare_writable(newroot),

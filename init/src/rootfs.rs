@@ -283,6 +283,53 @@ fn delete_children(dir: &Path, root_dev: u64) -> u64 {
     freed
 }
 
+/// Bind-mounts every regular file under `preload` read-only over the same path below
+/// `newroot` (which must exist: a placeholder or the same file). The mounts keep the
+/// files alive after the initramfs is emptied. Returns how many were bound.
+pub fn bind_preloaded(preload: &Path, newroot: &Path) -> Result<usize, RootfsError> {
+    let mut stack = vec![preload.to_path_buf()];
+    let mut bound = 0;
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(RootfsError::ReadRoot)?;
+        for entry in entries {
+            let path = entry.map_err(RootfsError::ReadRoot)?.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(RootfsError::ReadRoot)?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let rel = path.strip_prefix(preload).unwrap_or(&path);
+                bind_file(&path, &newroot.join(rel))?;
+                bound += 1;
+            }
+        }
+    }
+    Ok(bound)
+}
+
+fn bind_file(source: &Path, target: &Path) -> Result<(), RootfsError> {
+    let fail = |source| RootfsError::Mount {
+        fstype: "bind",
+        target: target.to_path_buf(),
+        source,
+    };
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(fail)?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(fail)
+}
+
 /// Makes `newroot` the root: move it onto /, chroot into it.
 pub fn switch_root(newroot: &Path) -> Result<(), RootfsError> {
     let fail = |step: &'static str| {

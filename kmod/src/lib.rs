@@ -6,8 +6,10 @@
 //! * `modules.basalt` — one wanted module per line: `name [optional] [param=value …]`,
 //!   `#` starts a comment. Names use the file stem; `-` and `_` are the same.
 //!
-//! Parsing and planning (closure, dependencies first) are pure; [`load`] is the thin
-//! executor around finit_module(2).
+//! Parsing and planning (closure, dependencies first) are pure; [`load`] and [`finit`]
+//! are the thin executor around finit_module(2). basalt-init (the initramfs' modules)
+//! and machined (the rootfs' node modules and `machine.kernel.modules`) share this
+//! crate so the contract with the image builder is written once.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
@@ -283,6 +285,50 @@ fn load_hint(e: nix::Error) -> &'static str {
     }
 }
 
+/// The three files of one `lib/modules/<kver>` directory, read and parsed.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleDir {
+    pub dir: PathBuf,
+    /// modules.basalt; empty when the directory has none.
+    pub wanted: Vec<Wanted>,
+    pub dep: ModulesDep,
+    pub builtin: HashSet<ModuleName>,
+}
+
+impl ModuleDir {
+    /// Reads `dir`. Missing files mean "nothing": an image may carry no modules at one
+    /// of the two stages.
+    pub fn read(dir: &Path) -> Result<ModuleDir, LoadError> {
+        let read = |name: &str| -> Result<String, LoadError> {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(t) => Ok(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                Err(source) => Err(LoadError::Read { path, source }),
+            }
+        };
+        Ok(ModuleDir {
+            dir: dir.to_path_buf(),
+            wanted: parse_wanted(&read("modules.basalt")?)?,
+            dep: ModulesDep::parse(&read("modules.dep")?)?,
+            builtin: parse_builtin(&read("modules.builtin")?),
+        })
+    }
+
+    /// Built into the kernel, or already loaded (`/sys/module/<name>` exists).
+    pub fn is_builtin(&self, name: &ModuleName) -> bool {
+        self.builtin.contains(name) || Path::new("/sys/module").join(name.as_str()).exists()
+    }
+
+    /// [`plan`] against this directory.
+    pub fn plan(&self, wanted: &[Wanted]) -> Result<Plan, LoadError> {
+        plan(&self.dep, wanted, |m| self.is_builtin(m)).map_err(|source| LoadError::Plan {
+            dir: self.dir.clone(),
+            source,
+        })
+    }
+}
+
 /// What [`load`] did, for the log.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -297,27 +343,8 @@ pub struct Outcome {
 /// Loads what `dir/modules.basalt` asks for. A directory without modules.basalt wants
 /// nothing (an image may carry no modules at one of the two stages).
 pub fn load(dir: &Path) -> Result<Outcome, LoadError> {
-    let read = |name: &str| -> Result<Option<String>, LoadError> {
-        let path = dir.join(name);
-        match std::fs::read_to_string(&path) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LoadError::Read { path, source }),
-        }
-    };
-    let Some(wanted_text) = read("modules.basalt")? else {
-        return Ok(Outcome::default());
-    };
-    let wanted = parse_wanted(&wanted_text)?;
-    let dep = ModulesDep::parse(&read("modules.dep")?.unwrap_or_default())?;
-    let builtin = parse_builtin(&read("modules.builtin")?.unwrap_or_default());
-    let plan = plan(&dep, &wanted, |m| {
-        builtin.contains(m) || Path::new("/sys/module").join(m.as_str()).exists()
-    })
-    .map_err(|source| LoadError::Plan {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
+    let md = ModuleDir::read(dir)?;
+    let plan = md.plan(&md.wanted)?;
     let mut outcome = Outcome {
         builtin: plan.builtin,
         missing_optional: plan.missing_optional,
@@ -326,7 +353,7 @@ pub fn load(dir: &Path) -> Result<Outcome, LoadError> {
     for step in plan.steps {
         let path = dir.join(&step.path);
         let start = std::time::Instant::now();
-        match load_one(&step.name, &path, &step.params) {
+        match finit(&step.name, &path, &step.params) {
             Ok(true) => outcome.loaded.push((step.name, start.elapsed())),
             Ok(false) => outcome.already.push(step.name),
             Err(e) if step.optional => outcome.failed_optional.push(e),
@@ -337,7 +364,7 @@ pub fn load(dir: &Path) -> Result<Outcome, LoadError> {
 }
 
 /// finit_module(2); Ok(false) when the kernel already has the module.
-fn load_one(name: &ModuleName, path: &Path, params: &str) -> Result<bool, LoadError> {
+pub fn finit(name: &ModuleName, path: &Path, params: &str) -> Result<bool, LoadError> {
     let file = std::fs::File::open(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,
@@ -540,6 +567,34 @@ kernel/net/llc/llc.ko:
             e.to_string(),
             "loading kernel module x from x.ko: EINVAL: Invalid argument"
         );
+    }
+
+    #[test]
+    fn a_module_dir_reads_its_three_files_and_plans_against_them() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("modules.dep"), DEP).unwrap();
+        std::fs::write(
+            d.path().join("modules.basalt"),
+            "virtio_blk\nabsent_nic optional\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("modules.builtin"), "kernel/fs/ext4/ext4.ko\n").unwrap();
+        let md = ModuleDir::read(d.path()).unwrap();
+        assert_eq!(md.wanted.len(), 2);
+        let plan = md.plan(&md.wanted).unwrap();
+        assert_eq!(names(&plan), ["virtio_ring", "virtio", "virtio_blk"]);
+        assert_eq!(plan.missing_optional, [ModuleName::new("absent_nic")]);
+        let ext4 = md.plan(&parse_wanted("ext4").unwrap()).unwrap();
+        assert_eq!(ext4.builtin, [ModuleName::new("ext4")]);
+        let err = md.plan(&parse_wanted("absent_vpn").unwrap()).unwrap_err();
+        assert!(
+            err.to_string().ends_with("required kernel module absent_vpn is not in modules.dep and not built into the kernel"),
+            "{err}"
+        );
+        // A stage without modules wants nothing.
+        let empty = ModuleDir::read(&d.path().join("none")).unwrap();
+        assert!(empty.wanted.is_empty());
+        assert!(load(&d.path().join("none")).unwrap().loaded.is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod cgroups;
 mod config_source;
 mod disks;
 mod log;
+mod modules;
 mod network;
 mod node;
 mod pid1;

@@ -73,6 +73,28 @@ pub const NODE_DEFAULTS: &[(&str, &str, Option<&str>)] = &[
     ("fs.inotify.max_user_instances", "8192", None),
 ];
 
+/// A sysctl list entry: key, value, the module that provides the key.
+pub type Entry<'a> = (&'a str, &'a str, Option<&'static str>);
+
+/// The entries whose keys the kernel has without any module: set at once, before the
+/// node's modules finish loading.
+pub fn without_modules<'a>(list: &[Entry<'a>]) -> Vec<Entry<'a>> {
+    list.iter().filter(|e| e.2.is_none()).copied().collect()
+}
+
+/// The entries that exist only once a module is loaded, and those modules (deduplicated,
+/// in list order): set after waiting for exactly them.
+pub fn with_modules<'a>(list: &[Entry<'a>]) -> (Vec<Entry<'a>>, Vec<&'static str>) {
+    let entries: Vec<Entry<'a>> = list.iter().filter(|e| e.2.is_some()).copied().collect();
+    let mut modules: Vec<&'static str> = Vec::new();
+    for m in entries.iter().filter_map(|e| e.2) {
+        if !modules.contains(&m) {
+            modules.push(m);
+        }
+    }
+    (entries, modules)
+}
+
 /// The outcome of applying a list: what was set, and what the kernel does not have.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -176,6 +198,22 @@ mod tests {
             "net.bridge.bridge-nf-call-iptables"
         );
         assert_eq!(applied.missing[0].1, Some("br_netfilter"));
+    }
+
+    #[test]
+    fn module_bound_keys_are_split_off_with_their_modules() {
+        let now = without_modules(NODE_DEFAULTS);
+        let (later, modules) = with_modules(NODE_DEFAULTS);
+        assert_eq!(now.len() + later.len(), NODE_DEFAULTS.len());
+        assert!(now.iter().all(|e| !e.0.starts_with("net.bridge.")));
+        assert_eq!(
+            later.iter().map(|e| e.0).collect::<Vec<_>>(),
+            [
+                "net.bridge.bridge-nf-call-iptables",
+                "net.bridge.bridge-nf-call-ip6tables"
+            ]
+        );
+        assert_eq!(modules, ["br_netfilter"]);
     }
 
     #[test]

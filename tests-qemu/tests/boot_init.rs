@@ -2,8 +2,12 @@
 //! machined as PID 1 → the sequencer's phases; and the way down on ctrl-alt-del.
 //! Needs BASALT_IMAGE_DIR (see `basalt_tests_qemu::image_dir`).
 
+mod node_support;
+
 use std::time::Duration;
 
+use basalt_config::KernelModule;
+use basalt_config::client_config::Role;
 use basalt_tests_qemu::{OverlayFile, Qemu, RunningQemu, image_dir, initrd_with_overlay};
 
 /// TCG is slow and CI machines are busy: generous, but a hung boot still ends.
@@ -23,7 +27,7 @@ fn boot(extra_cmdline: &str) -> RunningQemu {
 }
 
 /// Waits for each pattern in turn, each strictly after the previous one.
-fn expect_in_order(vm: &mut RunningQemu, patterns: &[&str]) -> Vec<String> {
+fn expect_lines(vm: &mut RunningQemu, patterns: &[&str]) -> Vec<String> {
     let mut at = 0;
     let mut lines = Vec::new();
     for pattern in patterns {
@@ -42,7 +46,7 @@ fn init_switches_root_and_machined_runs_the_sequence() {
     // reported and ignored (the later valid word wins anyway).
     let mut vm = boot("basalt.debug basalt.panic_reboot=soon basalt.panic_reboot=1");
     let version = env!("CARGO_PKG_VERSION");
-    let lines = expect_in_order(
+    let lines = expect_lines(
         &mut vm,
         &[
             &format!("basalt-init {version}: starting"),
@@ -52,7 +56,9 @@ fn init_switches_root_and_machined_runs_the_sequence() {
             "built in) from /lib/modules/",
             "basalt-init: attached /rootfs.sqsh to /dev/loop",
             "basalt-init: rootfs mounted: /dev/loop",
-            "built in) from /newroot/lib/modules/",
+            // machined, its libraries, the /etc template and the boot drivers come from
+            // the initramfs, not the xz squashfs.
+            "files of /preload over the rootfs (machined, its libraries, the /etc template, the boot drivers)",
             "basalt-init: mounted tmpfs on /etc /tmp /var",
             "basalt-init: moved /dev /proc /sys /run into the new root",
             "basalt-init: freed the initramfs",
@@ -62,6 +68,9 @@ fn init_switches_root_and_machined_runs_the_sequence() {
             "machined: phase cgroups done (",
             "machined: phase sysctls done (",
             "machined: phase hostname done (",
+            // The node's modules load in the background; this phase waits only for the
+            // storage and fw_cfg drivers the config sources need.
+            "machined: phase modules done (",
             // No config anywhere: maintenance mode (the wired sequencer, docs/boot.md).
             "machined: phase config done (",
             "machined: phase disks done (",
@@ -81,7 +90,19 @@ fn init_switches_root_and_machined_runs_the_sequence() {
             lines[14]
         );
     }
+    // init left the rootfs' modules to machined, which loaded every one of them.
+    let (done, _) = vm
+        .wait_for_console_after(0, "machined: modules: ", STEP)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        done.contains("kernel modules loaded from /lib/modules/") && !done.contains("failed"),
+        "{done}"
+    );
     let console = vm.console_output().unwrap();
+    assert!(
+        !console.contains("from /newroot/lib/modules/"),
+        "init must not load the rootfs' modules:\n{console}"
+    );
     assert!(!console.contains("FATAL"), "a step failed:\n{console}");
     assert!(
         !console.contains("Kernel panic"),
@@ -97,7 +118,7 @@ fn ctrl_alt_del_reboots_gracefully() {
     vm.wait_for_console("machined: maintenance mode: API listening on", STEP)
         .unwrap();
     vm.monitor_command("sendkey ctrl-alt-delete").unwrap();
-    expect_in_order(
+    expect_lines(
         &mut vm,
         &[
             "machined: shutdown: reboot requested",
@@ -137,7 +158,7 @@ fn a_broken_rootfs_is_reported_and_the_node_reboots() {
         .no_reboot()
         .spawn()
         .unwrap();
-    let lines = expect_in_order(
+    let lines = expect_lines(
         &mut vm,
         &[
             "basalt-init: attached /rootfs.sqsh to /dev/loop",
@@ -156,4 +177,79 @@ fn a_broken_rootfs_is_reported_and_the_node_reboots() {
         !console.contains("machined:"),
         "machined must not start:\n{console}"
     );
+}
+
+/// `machine.kernel.modules` from a config handed over fw_cfg: machined plans them against
+/// the image's modules.dep and loads them with their parameters. Seen from outside
+/// through the API: nbd registers its block major in the kernel log, and `nbds_max=3`
+/// makes exactly nbd0..nbd2 (the default is 16), which the disks endpoint lists.
+#[test]
+fn config_kernel_modules_are_loaded_with_their_parameters() {
+    let mut cluster = node_support::cluster(None);
+    cluster.controlplane.machine.kernel.modules = vec![
+        KernelModule {
+            name: "nbd".parse().unwrap(),
+            parameters: vec!["nbds_max=3".parse().unwrap()],
+        },
+        KernelModule {
+            name: "dummy".parse().unwrap(),
+            parameters: vec![],
+        },
+    ];
+    let work = tempfile::tempdir().unwrap();
+    let path = node_support::write_config(
+        work.path(),
+        "controlplane.yaml",
+        &cluster.controlplane.to_yaml(),
+    );
+    let dir = image_dir().unwrap();
+    let mut vm = Qemu::builder()
+        .kernel(dir.join("vmlinuz"))
+        .initrd(dir.join("initramfs.zst"))
+        .append("basalt.panic_reboot=1 basalt.platform=cloud")
+        .memory_mib(1536)
+        .netdev_user(vec![(0, 50000)])
+        .fw_cfg_file("opt/dev.basalt/config", &path)
+        .no_reboot()
+        .spawn()
+        .unwrap();
+    let lines = expect_lines(
+        &mut vm,
+        &[
+            "machined: modules: loaded nbd with nbds_max=3 (",
+            "machined: modules: machine.kernel.modules loaded: nbd dummy",
+            "machined: phase machine done (",
+            "machined: phase api done (",
+        ],
+    );
+    assert!(
+        lines[2].contains("kernel modules nbd dummy"),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[2].contains("module sysctls 2 set"), "{}", lines[2]);
+    let port = vm.host_port(50000).unwrap();
+    let client = cluster.client(port, Role::Reader);
+    let rt = node_support::runtime();
+    let disks = rt.block_on(node_support::eventually(
+        "the disks endpoint",
+        STEP,
+        || async { client.disks().await.map_err(|e| e.to_string()) },
+    ));
+    let mut nbd: Vec<&str> = disks
+        .iter()
+        .map(|d| d.name.as_str())
+        .filter(|n| n.starts_with("nbd"))
+        .collect();
+    nbd.sort_unstable();
+    assert_eq!(nbd, ["nbd0", "nbd1", "nbd2"], "{disks:?}");
+    let kmsg = rt
+        .block_on(async { client.dmesg(false).await.unwrap().collect().await })
+        .unwrap();
+    assert!(
+        kmsg.iter()
+            .any(|l| l.message.starts_with("nbd: registered device at major")),
+        "the kernel log shows no nbd registration"
+    );
+    vm.kill();
 }
