@@ -29,3 +29,28 @@ pub use basaltctl::lab::qemu::{
 };
 /// Re-exported so tests can run host commands (image builds) with the same version.
 pub use xshell;
+
+/// The basaltctl binary the CLI-driven tests run: `$BASALTCTL`, else built from this
+/// workspace (debug) into its target dir.
+pub fn basaltctl_binary() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    if let Some(path) = std::env::var_os("BASALTCTL") {
+        return PathBuf::from(path);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = std::process::Command::new(&cargo)
+        .args(["build", "-p", "basaltctl", "--bin", "basaltctl"])
+        .current_dir(&workspace)
+        .status();
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "cargo build -p basaltctl failed: {status:?}"
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let bin = target.join("debug").join("basaltctl");
+    assert!(bin.is_file(), "{} was not built", bin.display());
+    bin
+}

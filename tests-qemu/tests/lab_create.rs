@@ -9,31 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use basalt_tests_qemu::image_dir_with;
+use basalt_tests_qemu::{basaltctl_binary, image_dir_with};
 
 fn raw_name() -> String {
     format!("basalt-{}-amd64.raw", env!("CARGO_PKG_VERSION"))
-}
-
-/// The basaltctl binary: $BASALTCTL, else freshly built in this workspace's target dir.
-fn basaltctl_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("BASALTCTL") {
-        return PathBuf::from(path);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(&cargo)
-        .args(["build", "-p", "basaltctl", "--bin", "basaltctl"])
-        .current_dir(&workspace)
-        .status()
-        .expect("running cargo build -p basaltctl");
-    assert!(status.success(), "cargo build -p basaltctl failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    let bin = target.join("debug").join("basaltctl");
-    assert!(bin.is_file(), "{} was not built", bin.display());
-    bin
 }
 
 struct Lab {

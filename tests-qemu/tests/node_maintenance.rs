@@ -76,18 +76,32 @@ fn no_config_maintenance_then_apply_boots_without_reboot() {
     let err = rt.block_on(pinned.services()).unwrap_err();
     assert_eq!(err.status(), Some(403), "{err}");
 
-    let answer = rt
-        .block_on(pinned.apply_config(&ApplyConfigRequest {
-            config: cluster.controlplane.to_yaml(),
-            mode: ApplyMode::Auto,
-            try_timeout_seconds: None,
-        }))
-        .unwrap();
-    assert!(!answer.reboot, "{answer:?}");
+    // The operator's way: basaltctl apply-config --insecure, as the console suggests.
+    let work = tempfile::tempdir().unwrap();
+    let cp = write_config(
+        work.path(),
+        "controlplane.yaml",
+        &cluster.controlplane.to_yaml(),
+    );
+    let node = format!("127.0.0.1:{port}");
+    let answer = basaltctl(&[
+        "apply-config",
+        "--insecure",
+        "--nodes",
+        &node,
+        "-f",
+        cp.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    // One node: its answer, as the API sent it.
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["reboot"], false, "{answer}");
     assert!(
-        answer.message.contains("NOT persistent"),
-        "diskless: the answer must say the config does not survive a reboot: {}",
-        answer.message
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("NOT persistent")),
+        "diskless: the answer must say the config does not survive a reboot: {answer}"
     );
 
     // The boot goes on from the same machined: no second init banner.
@@ -148,6 +162,21 @@ fn no_config_maintenance_then_apply_boots_without_reboot() {
         },
     ));
     let healthy_at = qemu_start.elapsed();
+    // And the operator's view of it: basaltctl with a basaltconfig.
+    let basaltconfig = cluster.basaltconfig(work.path(), port);
+    let listed = basaltctl(&[
+        "--basaltconfig",
+        basaltconfig.to_str().unwrap(),
+        "services",
+        "-o",
+        "json",
+    ]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let listed_containerd = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "containerd"))
+        .unwrap_or_else(|| panic!("no containerd in {listed}"));
+    assert_eq!(listed_containerd["state"], "healthy", "{listed}");
     let containerd = services.iter().find(|s| s.name == "containerd").unwrap();
     assert!(
         containerd.message.starts_with("containerd ") && containerd.message.contains("revision"),

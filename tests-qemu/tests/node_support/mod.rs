@@ -64,6 +64,26 @@ pub fn cluster(install_disk: Option<&str>) -> Cluster {
 
 impl Cluster {
     /// Mutual TLS as `role`, trusting the cluster's API CA.
+    /// A basaltconfig file for `basaltctl --basaltconfig`, reaching the node at
+    /// localhost:`port` as admin.
+    pub fn basaltconfig(&self, dir: &Path, port: u16) -> std::path::PathBuf {
+        let ca = self.secrets.api.ca.cert_and_key();
+        let cert = issue_client_certificate(&ca, Role::Admin, "qemu-test").unwrap();
+        let config = basalt_config::client_config::ClientConfig::single(
+            "qemu",
+            basalt_config::client_config::Context {
+                endpoints: vec![format!("localhost:{port}")],
+                nodes: Vec::new(),
+                ca: ca.cert_pem,
+                crt: cert.cert_pem,
+                key: cert.key_pem,
+            },
+        );
+        let path = dir.join("basaltconfig");
+        config.save(&path).unwrap();
+        path
+    }
+
     pub fn client(&self, port: u16, role: Role) -> Client {
         let ca = self.secrets.api.ca.cert_and_key();
         let cert = issue_client_certificate(&ca, role, "qemu-test").unwrap();
@@ -77,6 +97,25 @@ impl Cluster {
         )
         .unwrap()
     }
+}
+
+/// Runs basaltctl with `args`; returns stdout, or panics with both streams.
+pub fn basaltctl(args: &[&str]) -> String {
+    let out = std::process::Command::new(basalt_tests_qemu::basaltctl_binary())
+        .args(args)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "basaltctl {} failed ({}):\n{stdout}{stderr}",
+        args.join(" "),
+        out.status
+    );
+    stdout
 }
 
 /// Writes `text` where QEMU's fw_cfg can read it.
