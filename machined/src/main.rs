@@ -6,6 +6,7 @@
 //! `basalt.panic_reboot` seconds. Started by hand (not PID 1, e.g. in tests) it leaves
 //! the host alone and exits on SIGTERM/SIGINT.
 mod api;
+mod apply;
 mod cgroups;
 mod config_source;
 mod disks;
@@ -118,6 +119,12 @@ async fn run(is_pid1: bool, cmdline: &str) {
             net.shutdown().await;
         }
     });
+    let time = cx.time.clone();
+    hooks.register("time sync", move || async move {
+        if let Some(sync) = time.lock().await.take() {
+            sync.stop().await;
+        }
+    });
     let boot = sequencer::boot(&cx);
     tokio::pin!(boot);
     let booted = tokio::select! {
@@ -135,7 +142,7 @@ async fn run(is_pid1: bool, cmdline: &str) {
         }
     };
     let action = tokio::select! {
-        () = sequencer::serve_applies(&cx, &booted) => power_rx.recv().await,
+        () = apply::serve_applies(&cx, &booted) => power_rx.recv().await,
         action = power_rx.recv() => action,
     };
     shutdown::run(&hooks, action.unwrap_or(PowerAction::Reboot), is_pid1).await;

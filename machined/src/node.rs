@@ -20,6 +20,9 @@ use crate::shutdown::PowerAction;
 pub enum Stage {
     Booting(&'static str),
     Maintenance(String),
+    /// Configured, but a phase cannot go on (the install disk is missing): the node waits
+    /// with its API up instead of rebooting in a loop.
+    Waiting(String),
     Running,
 }
 
@@ -93,6 +96,7 @@ impl Node {
         match &*lock(&self.stage) {
             Stage::Booting(phase) => format!("booting (phase {phase})"),
             Stage::Maintenance(why) => format!("in maintenance mode ({why})"),
+            Stage::Waiting(why) => format!("waiting: {why}"),
             Stage::Running => "running".to_owned(),
         }
     }

@@ -45,6 +45,10 @@ pub struct Context {
     pub applies: Mutex<mpsc::Receiver<ApplyCommand>>,
     /// The running network; shared with the shutdown hook that releases DHCP.
     pub network: Arc<Mutex<Option<Network>>>,
+    /// The SNTP client for the config's time servers; shared with its shutdown hook.
+    pub time: Arc<Mutex<Option<crate::time::TimeSync>>>,
+    /// What applying configs to the running node remembers (sysctl values from before).
+    pub live: crate::apply::LiveState,
 }
 
 impl Context {
@@ -58,6 +62,8 @@ impl Context {
             sink,
             applies: Mutex::new(applies),
             network: Arc::new(Mutex::new(None)),
+            time: Arc::new(Mutex::new(None)),
+            live: Default::default(),
         }
     }
 }
@@ -99,6 +105,10 @@ pub struct Booted {
 /// The boot sequence.
 pub async fn boot(cx: &Context) -> Result<Booted, SequencerError> {
     let started = Instant::now();
+    if cx.pid1 {
+        // The node's kernel modules load in the background; phases wait for theirs.
+        crate::modules::start_system();
+    }
     phase(cx, "cgroups", secs(10), cgroups(cx)).await?;
     phase(cx, "sysctls", secs(10), sysctls(cx)).await?;
     phase(cx, "hostname", secs(5), hostname(cx)).await?;
@@ -108,6 +118,7 @@ pub async fn boot(cx: &Context) -> Result<Booted, SequencerError> {
         finish(cx, started, Duration::ZERO);
         return Ok(Booted { platform });
     }
+    phase(cx, "modules", secs(60), crate::modules::early_phase()).await?;
     // STATE first: the config persisted there is one of the sources.
     phase(cx, "state", secs(30), early_state()).await?;
     let env = Environment::system(platform);
@@ -119,8 +130,18 @@ pub async fn boot(cx: &Context) -> Result<Booted, SequencerError> {
     let waited = Instant::now();
     let config = match acquired {
         Ok(Some(acquired)) => {
-            phase(cx, "disks", secs(300), disks(Some(&acquired), platform)).await?;
-            acquired.config
+            match phase(cx, "disks", secs(300), disks(Some(&acquired), platform)).await {
+                Ok(_) => acquired.config,
+                // Rebooting would not bring a missing disk back: stay up and say why.
+                Err(failure) => {
+                    phase_untimed(
+                        cx,
+                        "disk-wait",
+                        wait_for_disk(cx, platform, acquired.config, failure),
+                    )
+                    .await?
+                }
+            }
         }
         Ok(None) => {
             let disk = phase(cx, "disks", secs(300), disks(None, platform)).await?;
@@ -138,10 +159,12 @@ pub async fn boot(cx: &Context) -> Result<Booted, SequencerError> {
     };
     // Time spent waiting for an operator in maintenance mode is not boot time.
     let waited = match cx.node.stage() {
-        Stage::Maintenance(_) => waited.elapsed(),
+        Stage::Maintenance(_) | Stage::Waiting(_) => waited.elapsed(),
         _ => Duration::ZERO,
     };
     cx.node.set_config(config.clone());
+    cx.live
+        .remember_sysctls(config.machine.sysctls.keys().map(|k| k.as_str()));
     phase(cx, "machine", secs(30), machine(&config)).await?;
     phase(cx, "network", secs(120), network(cx, Some(&config))).await?;
     let supervisor = phase(cx, "api", secs(60), api_phase(cx, &config, platform)).await?;
@@ -266,7 +289,9 @@ async fn sysctls(cx: &Context) -> Result<((), Outcome), BoxError> {
     if !cx.pid1 {
         return Ok(((), not_pid1()));
     }
-    Ok(((), apply_sysctls(crate::sysctl::NODE_DEFAULTS)?))
+    // Keys a module provides (bridge-nf-call) are set by the machine phase, once it is loaded.
+    let now = crate::sysctl::without_modules(crate::sysctl::NODE_DEFAULTS);
+    Ok(((), apply_sysctls(&now)?))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +330,7 @@ async fn hostname(cx: &Context) -> Result<((), Outcome), BoxError> {
     Ok(((), Outcome::DoneWith(name)))
 }
 
-fn set_hostname(name: &str) -> Result<(), HostnameError> {
+pub(crate) fn set_hostname(name: &str) -> Result<(), HostnameError> {
     if !valid_hostname(name) {
         return Err(HostnameError::Invalid(name.to_owned()));
     }
@@ -469,6 +494,8 @@ async fn maintenance(
             mode,
             message,
             reboot,
+            applied_live: Vec::new(),
+            needs_reboot: Vec::new(),
         }));
         if reboot {
             let _ = cx.node.power(PowerAction::Reboot);
@@ -488,19 +515,175 @@ async fn maintenance(
     ))
 }
 
+/// How often a node whose disk failed tries it again.
+const DISK_RETRY: Duration = Duration::from_secs(10);
+
+/// The config's disk cannot be used (absent, unreadable, no room). The node stays up
+/// instead of rebooting in a loop: the config's own API (mutual TLS, the config's CA)
+/// answers on the maintenance network so an operator can read why (health, logs, dmesg,
+/// disks) and apply a corrected config, and the disk is tried again every
+/// [`DISK_RETRY`] (hot-plug, a slow controller). Whichever works first lets the boot go
+/// on, without a reboot.
+async fn wait_for_disk(
+    cx: &Context,
+    platform: Mode,
+    config: MachineConfig,
+    failure: SequencerError,
+) -> Result<(MachineConfig, Outcome), BoxError> {
+    let why = failure.to_string();
+    error!("{why}");
+    cx.node.set_stage(Stage::Waiting(why.clone()));
+    cx.node.set_config(config.clone());
+    if cx.network.lock().await.is_none() {
+        network(cx, None).await?;
+    }
+    let identity = interim_identity(cx, &config).await?;
+    let running = api::start(
+        ApiConfig::node(ApiMode::Configured(identity), platform),
+        cx.node.clone(),
+        cx.sink.clone(),
+    )
+    .await?;
+    error!(
+        "the node stays up: its API (mutual TLS) answers on :50000; fix the disk or apply a corrected config (the disk is tried again every {} s)",
+        DISK_RETRY.as_secs()
+    );
+    let store = StateStore::system(platform);
+    let mut applies = cx.applies.lock().await;
+    let mut last = why;
+    let (config, how) = loop {
+        tokio::select! {
+            cmd = applies.recv() => {
+                let Some(cmd) = cmd else {
+                    return Err("the API's config channel closed".into());
+                };
+                if cmd.apply.mode == ApplyMode::Staged {
+                    let _ = cmd.reply.send(Err(ProviderError::Conflict(
+                        "there is no STATE to stage a config on (the disks phase failed); apply with auto to use it now".to_owned(),
+                    )));
+                    continue;
+                }
+                let new = cmd.apply.config.clone();
+                match prepare_disks(&new).await {
+                    Ok(note) => {
+                        // STATE exists now: store there what the operator sent.
+                        let stored = store.store_apply(&cmd.apply);
+                        let failed = stored.is_err();
+                        let _ = cmd.reply.send(stored.map(|_| ApplyConfigResponse {
+                            mode: cmd.apply.mode,
+                            message: format!("{note}; stored on STATE; the boot goes on with it"),
+                            reboot: false,
+                            applied_live: Vec::new(),
+                            needs_reboot: Vec::new(),
+                        }));
+                        if !failed {
+                            break (new, format!("a corrected config from the API: {note}"));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = cmd.reply.send(Err(ProviderError::Conflict(format!(
+                            "the disk is still unusable with this config: {e}; nothing was stored"
+                        ))));
+                    }
+                }
+            }
+            () = tokio::time::sleep(DISK_RETRY) => {
+                match prepare_disks(&config).await {
+                    Ok(note) => break (config, format!("the disk came back: {note}")),
+                    Err(e) => {
+                        // Once per distinct problem, not every 10 s.
+                        let now = e.to_string();
+                        if now != last {
+                            warning!("disks: still unusable: {now}");
+                            last = now;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    drop(applies);
+    info!("disks: {how}");
+    // The reply travels through this listener's connection task: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.stop();
+    Ok((config, Outcome::DoneWith(how)))
+}
+
+/// The disks phase for a config that did not come from a source (no persisting: the
+/// caller stores what it has).
+async fn prepare_disks(config: &MachineConfig) -> Result<String, disks::DiskError> {
+    match disks::prepare(disks::install_disk(config), &Paths::system())? {
+        DiskOutcome::Disk {
+            device, ephemeral, ..
+        } => Ok(format!(
+            "{}: STATE and EPHEMERAL {} mounted",
+            device.display(),
+            ephemeral.display()
+        )),
+        DiskOutcome::Tmpfs { reason } => Ok(format!("tmpfs ({reason})")),
+    }
+}
+
+/// A server certificate for the config's API before the api phase: issued by the API CA
+/// on a control plane; self-signed on a worker (clients pin it, as its console says).
+async fn interim_identity(
+    cx: &Context,
+    config: &MachineConfig,
+) -> Result<ServerIdentity, BoxError> {
+    let hostname = config
+        .machine
+        .hostname
+        .as_ref()
+        .map_or_else(|| "basalt".to_owned(), |h| h.as_str().to_owned());
+    let addresses = global_addresses(cx).await;
+    if config.machine.machine_type == MachineType::Worker {
+        let identity = ServerIdentity::self_signed_for_worker(config, &hostname, &addresses)?;
+        warning!(
+            "api: serving a self-signed certificate (fingerprint {})",
+            identity.fingerprint()?
+        );
+        Ok(identity)
+    } else {
+        Ok(ServerIdentity::for_node(config, &hostname, &addresses)?)
+    }
+}
+
+/// The node's global addresses right now (for a serving certificate's names).
+async fn global_addresses(cx: &Context) -> Vec<IpAddr> {
+    cx.network
+        .lock()
+        .await
+        .as_ref()
+        .map(|n| {
+            n.state()
+                .snapshot()
+                .addresses
+                .iter()
+                .filter(|a| a.scope == "global")
+                .map(|a| a.address.addr())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The config's own settings for the host: sysctls, hostname, files.
 async fn machine(config: &MachineConfig) -> Result<((), Outcome), BoxError> {
     let m = &config.machine;
+    let modules = crate::modules::machine_phase(&m.kernel.modules, apply_sysctls).await?;
     let list: Vec<(&str, &str, Option<&'static str>)> = m
         .sysctls
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str(), None))
         .collect();
     let sysctls = apply_sysctls(&list)?;
-    let mut notes = vec![match sysctls {
-        Outcome::DoneWith(n) => format!("sysctls {n}"),
-        _ => "sysctls".to_owned(),
-    }];
+    let mut notes = vec![
+        modules,
+        match sysctls {
+            Outcome::DoneWith(n) => format!("sysctls {n}"),
+            _ => "sysctls".to_owned(),
+        },
+    ];
     if let Some(h) = &m.hostname {
         set_hostname(h.as_str())?;
         write_file(
@@ -526,7 +709,7 @@ pub struct FileError {
 }
 
 /// Writes a file atomically (temp + rename) with `mode`; parents are created.
-fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), FileError> {
+pub(crate) fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), FileError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| FileError {
@@ -558,6 +741,7 @@ fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), FileError> {
 /// network already running (maintenance, or early for a config URL) is shut down first:
 /// its DHCP leases are released and the config's own plan replaces it.
 async fn network(cx: &Context, config: Option<&MachineConfig>) -> Result<((), Outcome), BoxError> {
+    crate::modules::wait_logged(crate::modules::NETWORK_DRIVERS).await;
     let mut slot = cx.network.lock().await;
     if let Some(old) = slot.take() {
         info!(
@@ -582,10 +766,7 @@ async fn network(cx: &Context, config: Option<&MachineConfig>) -> Result<((), Ou
     *slot = Some(net);
     drop(slot);
     if let Some(config) = config {
-        let sync = crate::time::spawn(crate::time::SyncOptions::new(
-            crate::time::servers_from_config(&config.machine.time),
-        ));
-        cx.hooks.register("time sync", move || sync.stop());
+        restart_time_sync(cx, config).await;
     }
     Ok((
         (),
@@ -595,6 +776,17 @@ async fn network(cx: &Context, config: Option<&MachineConfig>) -> Result<((), Ou
             format!("addresses {}", addresses.join(" "))
         }),
     ))
+}
+
+/// (Re)starts the SNTP client with `config`'s time servers.
+pub(crate) async fn restart_time_sync(cx: &Context, config: &MachineConfig) {
+    let mut slot = cx.time.lock().await;
+    if let Some(old) = slot.take() {
+        old.stop().await;
+    }
+    *slot = Some(crate::time::spawn(crate::time::SyncOptions::new(
+        crate::time::servers_from_config(&config.machine.time),
+    )));
 }
 
 /// Creates the supervisor and starts the API as its first service (`apid`): mutual TLS
@@ -644,31 +836,54 @@ async fn api_phase(
                 .collect()
         })
         .unwrap_or_default();
-    let (identity, note) = match ServerIdentity::for_node(config, &hostname, &addresses) {
-        Ok(identity) => (
-            identity,
+    let (identity, mut note) = if config.machine.machine_type == MachineType::Worker {
+        // A worker has no API CA key: it serves a self-signed certificate until a control
+        // plane's trustd signs one, which is swapped in without a restart.
+        let identity = ServerIdentity::self_signed_for_worker(config, &hostname, &addresses)?;
+        let fingerprint = identity.fingerprint()?;
+        let note = match crate::trust::Requester::for_worker(config, &hostname, &addresses) {
+            Ok(requester) => {
+                let at = format!("{}:{}", requester.host, requester.port);
+                crate::trust::spawn_requester(requester, identity.clone());
+                format!(
+                    "mutual TLS; self-signed server certificate {fingerprint} until trustd at {at} signs one"
+                )
+            }
+            Err(e) => {
+                warning!("api: {e}");
+                warning!(
+                    "api: serving a self-signed certificate (fingerprint {fingerprint}); clients are still verified against the API CA, but must pin this fingerprint to trust the node"
+                );
+                format!(
+                    "mutual TLS; self-signed server certificate {fingerprint} (worker, no machine.token)"
+                )
+            }
+        };
+        (identity, note)
+    } else {
+        (
+            ServerIdentity::for_node(config, &hostname, &addresses)?,
             "mutual TLS; server certificate issued by the API CA".to_owned(),
-        ),
-        Err(e) if config.machine.machine_type == MachineType::Worker => {
-            warning!("api: {e}");
-            let identity = ServerIdentity::self_signed_for_worker(config, &hostname, &addresses)?;
-            let fingerprint = identity.fingerprint()?;
-            warning!(
-                "api: serving a self-signed certificate (fingerprint {fingerprint}); clients are still verified against the API CA, but must pin this fingerprint to trust the node"
-            );
-            (
-                identity,
-                format!("mutual TLS; self-signed server certificate {fingerprint} (worker)"),
-            )
-        }
-        Err(e) => return Err(e.into()),
+        )
     };
+    let trustd = crate::trust::TrustdConfig::node(config, identity.clone());
     supervisor.register(services::apid::service_spec(
         ApiConfig::node(ApiMode::Configured(identity), platform),
         cx.node.clone(),
         cx.sink.clone(),
     ))?;
     supervisor.start("apid")?;
+    match trustd {
+        Some(trustd) => {
+            supervisor.register(services::apid::trustd_spec(trustd))?;
+            supervisor.start("trustd")?;
+            note.push_str("; trustd signs workers' certificates on :50001");
+        }
+        None if config.machine.machine_type == MachineType::Controlplane => warning!(
+            "api: machine.token is not set: trustd does not run, and workers cannot get an API certificate from this control plane"
+        ),
+        None => {}
+    }
     supervisor
         .wait_for(
             "apid",
@@ -701,49 +916,6 @@ async fn services(
         }
     };
     Ok(((), Outcome::DoneWith(note)))
-}
-
-/// After boot: applies to a running node. The config is stored before the reply; what
-/// happens next follows the mode. Nothing is applied live yet, so `no-reboot` and `try`
-/// are refused (before anything is stored) and `auto` reboots.
-pub async fn serve_applies(cx: &Context, booted: &Booted) {
-    let store = StateStore::system(booted.platform);
-    let mut applies = cx.applies.lock().await;
-    while let Some(cmd) = applies.recv().await {
-        let mode = cmd.apply.mode;
-        if matches!(mode, ApplyMode::NoReboot | ApplyMode::Try) {
-            let _ = cmd.reply.send(Err(ProviderError::Conflict(format!(
-                "mode {mode} needs live apply, which this machined does not do yet; nothing was stored (use reboot, auto or staged)"
-            ))));
-            continue;
-        }
-        if let Err(e) = store.store_apply(&cmd.apply) {
-            warning!("config: an apply was not stored: {e}");
-            let _ = cmd.reply.send(Err(e));
-            continue;
-        }
-        let reboot = mode != ApplyMode::Staged;
-        info!(
-            "config: new config stored on STATE ({mode}){}",
-            if reboot {
-                "; rebooting to apply it"
-            } else {
-                ""
-            }
-        );
-        let _ = cmd.reply.send(Ok(ApplyConfigResponse {
-            mode,
-            message: if reboot {
-                "stored on STATE; rebooting to apply it".to_owned()
-            } else {
-                "stored on STATE; staged for the next boot".to_owned()
-            },
-            reboot,
-        }));
-        if reboot {
-            let _ = cx.node.power(PowerAction::Reboot);
-        }
-    }
 }
 
 #[cfg(test)]
