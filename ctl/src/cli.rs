@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::cmd;
 
-/// Operate Basalt clusters: generate configs and secrets, validate configs.
+/// Operate Basalt nodes and clusters: generate configs and secrets, talk to nodes through their API, run QEMU labs.
 #[derive(Debug, Parser)]
 #[command(
     name = "basaltctl",
