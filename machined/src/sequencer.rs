@@ -821,21 +821,7 @@ async fn api_phase(
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "basalt".to_owned());
-    let addresses: Vec<IpAddr> = cx
-        .network
-        .lock()
-        .await
-        .as_ref()
-        .map(|n| {
-            n.state()
-                .snapshot()
-                .addresses
-                .iter()
-                .filter(|a| a.scope == "global")
-                .map(|a| a.address.addr())
-                .collect()
-        })
-        .unwrap_or_default();
+    let addresses = global_addresses(cx).await;
     let (identity, mut note) = if config.machine.machine_type == MachineType::Worker {
         // A worker has no API CA key: it serves a self-signed certificate until a control
         // plane's trustd signs one, which is swapped in without a restart.

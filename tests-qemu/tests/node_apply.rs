@@ -11,7 +11,6 @@ use std::time::Duration;
 use basalt_api::{ApplyConfigRequest, ApplyConfigResponse, ApplyMode, Client};
 use basalt_config::client_config::Role;
 use basalt_config::{MachineConfig, MachineFile};
-use basalt_tests_qemu::{Qemu, image_dir};
 use node_support::*;
 
 const LIVE_FILE: &str = "/var/lib/basalt-test/live.txt";
@@ -62,15 +61,8 @@ fn live_modes_change_a_running_node_and_try_reverts() {
     let cluster = cluster(None);
     let work = tempfile::tempdir().unwrap();
     let path = write_config(work.path(), "cp.yaml", &cluster.controlplane.to_yaml());
-    let dir = image_dir().unwrap();
-    let mut vm = Qemu::builder()
-        .kernel(dir.join("vmlinuz"))
-        .initrd(dir.join("initramfs.zst"))
-        .append("basalt.panic_reboot=1 basalt.platform=cloud")
-        .memory_mib(1536)
-        .netdev_user(vec![(0, 50000)])
+    let mut vm = kernel_boot("basalt.platform=cloud")
         .fw_cfg_file("opt/dev.basalt/config", &path)
-        .no_reboot()
         .spawn()
         .unwrap();
     vm.wait_for_console("machined: boot complete in ", BOOT)

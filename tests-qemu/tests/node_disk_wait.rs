@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use basalt_api::{ApplyConfigRequest, ApplyMode};
 use basalt_config::client_config::Role;
-use basalt_tests_qemu::{Qemu, image_dir};
 use node_support::*;
 
 #[test]
@@ -25,16 +24,9 @@ fn missing_install_disk_waits_with_the_api_up_and_a_corrected_config_goes_on() {
         .unwrap()
         .set_len(256 << 20)
         .unwrap();
-    let dir = image_dir().unwrap();
-    let mut vm = Qemu::builder()
-        .kernel(dir.join("vmlinuz"))
-        .initrd(dir.join("initramfs.zst"))
-        .append("basalt.panic_reboot=1 basalt.platform=metal")
-        .memory_mib(1536)
+    let mut vm = kernel_boot("basalt.platform=metal")
         .disk(&blank)
-        .netdev_user(vec![(0, 50000)])
         .fw_cfg_file("opt/dev.basalt/config", &path)
-        .no_reboot()
         .spawn()
         .unwrap();
     let lines = expect_in_order(
@@ -95,15 +87,9 @@ fn missing_install_disk_waits_with_the_api_up_and_a_corrected_config_goes_on() {
     vm.wait_for_console("machined: boot complete in ", BOOT)
         .unwrap_or_else(|e| panic!("{e}"));
     let console = vm.console_output().unwrap();
-    assert_eq!(
-        console
-            .matches(&format!(
-                "basalt-init {}: starting",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .count(),
-        1,
-        "waiting for the disk and going on must not reboot"
+    assert_booted_once(
+        &console,
+        "waiting for the disk and going on must not reboot",
     );
     assert!(
         !console.contains("rebooting in"),

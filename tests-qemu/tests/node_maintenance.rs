@@ -11,18 +11,11 @@ use std::time::{Duration, Instant};
 
 use basalt_api::{ApplyConfigRequest, ApplyMode, Client, ClientTls, ServiceState};
 use basalt_config::client_config::Role;
-use basalt_tests_qemu::{Qemu, RunningQemu, image_dir};
+use basalt_tests_qemu::RunningQemu;
 use node_support::*;
 
-fn kernel_boot(cmdline: &str, fw_cfg: Option<&std::path::Path>) -> RunningQemu {
-    let dir = image_dir().unwrap();
-    let mut b = Qemu::builder()
-        .kernel(dir.join("vmlinuz"))
-        .initrd(dir.join("initramfs.zst"))
-        .append(format!("basalt.panic_reboot=1 {cmdline}"))
-        .memory_mib(1536)
-        .netdev_user(vec![(0, 50000)])
-        .no_reboot();
+fn boot(cmdline: &str, fw_cfg: Option<&std::path::Path>) -> RunningQemu {
+    let mut b = kernel_boot(cmdline);
     if let Some(path) = fw_cfg {
         b = b.fw_cfg_file("opt/dev.basalt/config", path);
     }
@@ -33,7 +26,7 @@ fn kernel_boot(cmdline: &str, fw_cfg: Option<&std::path::Path>) -> RunningQemu {
 fn no_config_maintenance_then_apply_boots_without_reboot() {
     let qemu_start = Instant::now();
     let cluster = cluster(None);
-    let mut vm = kernel_boot("basalt.platform=cloud", None);
+    let mut vm = boot("basalt.platform=cloud", None);
     let lines = expect_in_order(
         &mut vm,
         &[
@@ -132,16 +125,9 @@ fn no_config_maintenance_then_apply_boots_without_reboot() {
         lines[1]
     );
     assert!(lines[3].contains("issued by the API CA"), "{}", lines[3]);
-    let console = vm.console_output().unwrap();
-    assert_eq!(
-        console
-            .matches(&format!(
-                "basalt-init {}: starting",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .count(),
-        1,
-        "leaving maintenance mode must not reboot"
+    assert_booted_once(
+        &vm.console_output().unwrap(),
+        "leaving maintenance mode must not reboot",
     );
 
     let admin = cluster.client(port, Role::Admin);
@@ -222,7 +208,7 @@ fn bad_config_over_fw_cfg_is_shown_and_refused_again_by_the_api() {
     let work = tempfile::tempdir().unwrap();
     let bad = cluster.controlplane.to_yaml();
     let path = write_config(work.path(), "bad.yaml", &bad);
-    let mut vm = kernel_boot("basalt.platform=metal", Some(&path));
+    let mut vm = boot("basalt.platform=metal", Some(&path));
     let lines = expect_in_order(
         &mut vm,
         &[
@@ -296,7 +282,7 @@ fn config_from_a_cmdline_url_brings_the_network_up_first() {
         .unwrap();
         request
     });
-    let mut vm = kernel_boot(
+    let mut vm = boot(
         &format!("basalt.platform=cloud basalt.config=http://10.0.2.2:{port}/cp.yaml"),
         None,
     );

@@ -99,6 +99,25 @@ impl Cluster {
     }
 }
 
+/// A kernel boot (`-kernel/-initrd`) of the image under test with user networking and the
+/// API port forwarded; `basalt.panic_reboot=1` and `-no-reboot` make a reboot end QEMU.
+pub fn kernel_boot(cmdline: &str) -> basalt_tests_qemu::QemuBuilder {
+    let dir = basalt_tests_qemu::image_dir().unwrap();
+    basalt_tests_qemu::Qemu::builder()
+        .kernel(dir.join("vmlinuz"))
+        .initrd(dir.join("initramfs.zst"))
+        .append(format!("basalt.panic_reboot=1 {cmdline}"))
+        .memory_mib(1536)
+        .netdev_user(vec![(0, 50000)])
+        .no_reboot()
+}
+
+/// The console shows exactly one boot: basalt-init started once.
+pub fn assert_booted_once(console: &str, why: &str) {
+    let banner = format!("basalt-init {}: starting", env!("CARGO_PKG_VERSION"));
+    assert_eq!(console.matches(&banner).count(), 1, "{why}");
+}
+
 /// Runs basaltctl with `args`; returns stdout, or panics with both streams.
 pub fn basaltctl(args: &[&str]) -> String {
     let out = std::process::Command::new(basalt_tests_qemu::basaltctl_binary())
