@@ -89,6 +89,10 @@ fn a_worker_serves_an_api_certificate_signed_by_the_control_plane() {
     // The listening end first: the connecting QEMU fails without it.
     let wire_port = free_port().unwrap();
     let mut cp = boot(&cp_path, SocketLink::Listen(wire_port), CP_MAC);
+    // QEMU binds its sockets before the guest runs: once the kernel talks, the wire's
+    // listener is there. (A probe connection would take the listener's only peer slot,
+    // and a connect that is refused leaves the other end unplugged for good.)
+    wait(&mut cp, "the control plane's kernel", "Linux version");
     let mut w = boot(&worker_path, SocketLink::Connect(wire_port), WORKER_MAC);
 
     let asking = wait(

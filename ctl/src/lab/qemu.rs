@@ -160,7 +160,9 @@ struct UserNet {
 /// (`-netdev socket`): one VM listens, the other connects to the same port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketLink {
-    /// `listen=127.0.0.1:PORT`: start this VM first.
+    /// `listen=127.0.0.1:PORT`: start this VM first, and wait until it runs (its console
+    /// shows the kernel): a refused connect leaves the other VM's NIC unplugged for good,
+    /// and probing the port would take the listener's only peer slot.
     Listen(u16),
     /// `connect=127.0.0.1:PORT`: the listening VM must already run.
     Connect(u16),
