@@ -380,11 +380,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
     )
 }
 
-async fn handle(
-    shared: &Shared,
-    peer: IpAddr,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn handle(shared: &Shared, peer: IpAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() != TRUST_CERTIFICATE_PATH {
         return error(
             StatusCode::NOT_FOUND,
