@@ -96,4 +96,50 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
+
+    /// trustd as a supervised service: it listens while running and closes on stop.
+    #[tokio::test]
+    async fn trustd_serves_while_supervised_and_closes_on_stop() {
+        let secrets = basalt_config::secrets::SecretsBundle::generate().unwrap();
+        let opts = basalt_config::generate::GenOptions::new(
+            "t".parse().unwrap(),
+            "https://10.5.0.2:6443".parse().unwrap(),
+        );
+        let (cp, _) = basalt_config::generate::machine_configs(&secrets, &opts).unwrap();
+        let identity = api::ServerIdentity::for_node(&cp, "cp-1", &[]).unwrap();
+        let mut config = TrustdConfig::node(&cp, identity).unwrap();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let sup = Supervisor::new(SupervisorConfig {
+            cgroup_root: None,
+            log_dir: None,
+            log_limits: Default::default(),
+            reaping: crate::services::Reaping::Direct,
+        });
+        sup.register(trustd_spec(config)).unwrap();
+        sup.start("trustd").unwrap();
+        sup.wait_for("trustd", &[State::Healthy], Duration::from_secs(20))
+            .await
+            .unwrap();
+        let mut logs = sup.logs("trustd", true).unwrap();
+        let addr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), logs.next())
+                .await
+                .unwrap()
+                .unwrap();
+            if let Some(rest) = line.text.strip_prefix("listening on ") {
+                break rest
+                    .split(':')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(":")
+                    .parse::<SocketAddr>()
+                    .unwrap();
+            }
+        };
+        tokio::net::TcpStream::connect(addr).await.unwrap();
+        sup.stop("trustd").await.unwrap();
+        assert_eq!(sup.status("trustd").unwrap().state, State::Stopped);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
 }
