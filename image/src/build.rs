@@ -56,15 +56,16 @@ pub const EARLY_MODULES: &str = "squashfs\nloop\n";
 /// Modules machined loads from the rootfs in the background (basalt-init no longer
 /// does: it only mounts the rootfs): disks, network, file systems, and what kube-proxy
 /// (iptables-nft), flannel and containerd need. Listed in the order the boot needs them
-/// (machined moves a module a phase waits for to the front anyway): storage and fw_cfg
-/// for the config, the NIC for the API, then the file systems and netfilter; squashfs
+/// (machined moves a module a phase waits for to the front anyway): the virtio block
+/// driver and fw_cfg for the config, the NIC for the API, then SCSI, the file systems
+/// and netfilter; squashfs
 /// and loop, which init loaded already, last.
 pub const NODE_MODULES: &str = "\
 virtio_pci
 virtio_blk
-virtio_scsi
 qemu_fw_cfg optional
 virtio_net
+virtio_scsi
 virtio_rng optional
 virtio_console optional
 ext4
@@ -402,7 +403,7 @@ virtio_net
 
 /// The files basalt-init binds over the rootfs from the initramfs (see PRELOAD_DIR), by
 /// rootfs path: machined and the libraries it needs, the /etc template init copies,
-/// and the PRELOAD_MODULES files. Only regular files: symlinks and the module lists
+/// the rootfs' modules.dep and modules.basalt, and the PRELOAD_MODULES files. Only regular files: symlinks and the module lists
 /// stay the rootfs' own.
 fn preload(
     u: &Universe,
@@ -415,20 +416,20 @@ fn preload(
     add_foreign_binary(u, &mut hot, "/usr/sbin/machined", machined)?;
     add_modules(&mut hot, km, &km.plan(&parse_wanted(PRELOAD_MODULES)?)?)?;
     let template = format!("{ETC_TEMPLATE}/");
+    let lists = format!("/usr/lib/modules/{}/modules.", km.kver);
+    // The template, and the rootfs' own module lists machined reads first thing.
     let etc = rootfs
         .nodes
         .iter()
-        .filter(|(p, _)| p.starts_with(&template))
+        .filter(|(p, _)| p.starts_with(&template) || p.starts_with(&lists))
         .map(|(p, n)| (p.clone(), n.clone()));
     Ok(hot
         .nodes
         .into_iter()
+        // The PRELOAD_MODULES plan's own lists are not the rootfs' (etc carries those).
+        .filter(|(p, _)| !p.starts_with(&lists))
         .chain(etc)
-        .filter(|(p, n)| {
-            matches!(n, Node::File { .. })
-                && !p.ends_with("/modules.dep")
-                && !p.ends_with("/modules.basalt")
-        })
+        .filter(|(_, n)| matches!(n, Node::File { .. }))
         .collect())
 }
 

@@ -138,7 +138,11 @@ fn run() -> Result<Infallible, InitError> {
     // Before /etc is copied: the template is among the preloaded files.
     if Path::new(PRELOAD_DIR).is_dir() {
         step(
-            |n: &usize| format!("bound {n} files of {PRELOAD_DIR} over the rootfs (machined, its libraries, the /etc template, the boot drivers)"),
+            |n: &usize| {
+                format!(
+                    "bound {n} files of {PRELOAD_DIR} over the rootfs (machined, its libraries, the /etc template, the boot drivers)"
+                )
+            },
             || rootfs::bind_preloaded(Path::new(PRELOAD_DIR), newroot),
         )?;
     }

@@ -41,10 +41,13 @@ pub fn system() -> Option<&'static Modules> {
     SYSTEM.get()
 }
 
-/// Storage drivers the early STATE mount and the disks phase need. ext4 and vfat (the
-/// file systems of STATE/EPHEMERAL and of a config drive) only matter when a disk is
-/// there: a diskless boot does not wait for ext4, the slowest module to load.
-const BLOCK_DRIVERS: &[&str] = &["virtio_blk", "virtio_scsi"];
+/// Storage drivers the early STATE mount and the disks phase need, each with the virtio
+/// device ID it drives (virtio spec 5: 2 block, 8 SCSI host). Once virtio_pci has
+/// probed the bus, the phase waits only for the drivers whose device is there, the way
+/// udev would load them: a VM without a SCSI controller does not wait for scsi_mod.
+/// ext4 and vfat (the file systems of STATE/EPHEMERAL and of a config drive) only matter
+/// when a disk is there: a diskless boot does not wait for ext4, the slowest module.
+const BLOCK_DRIVERS: &[(&str, u32)] = &[("virtio_blk", 2), ("virtio_scsi", 8)];
 const DISK_FILESYSTEMS: &[&str] = &["ext4", "vfat", "nls_cp437", "nls_iso8859_1", "isofs"];
 /// Where a config may come from before any disk: QEMU's fw_cfg.
 const CONFIG_DRIVERS: &[&str] = &["qemu_fw_cfg"];
@@ -62,12 +65,15 @@ pub async fn early_phase() -> Result<((), Outcome), BoxError> {
         return Ok(((), Outcome::Skipped("not PID 1".to_owned())));
     };
     let start = Instant::now();
+    let mut missing = m.wait_optional(&["virtio_pci"]).await;
+    let devices = virtio_devices(Path::new("/sys/bus/virtio/devices"));
     let mut waited: Vec<&str> = BLOCK_DRIVERS
         .iter()
-        .chain(CONFIG_DRIVERS)
-        .copied()
+        .filter(|(_, id)| devices.as_ref().is_none_or(|d| d.contains(id)))
+        .map(|(name, _)| *name)
+        .chain(CONFIG_DRIVERS.iter().copied())
         .collect();
-    let mut missing = m.wait_optional(&waited).await;
+    missing.extend(m.wait_optional(&waited).await);
     let disks = has_disk(Path::new("/sys/block"));
     if disks {
         missing.extend(m.wait_optional(DISK_FILESYSTEMS).await);
@@ -146,6 +152,19 @@ pub async fn machine_phase(
     Ok(notes.join(", "))
 }
 
+/// The device IDs on the virtio bus; None when there is no virtio bus (not a VM, or
+/// virtio_pci did not load): then every block driver is waited for.
+fn virtio_devices(bus: &Path) -> Option<Vec<u32>> {
+    let entries = std::fs::read_dir(bus).ok()?;
+    let mut ids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("device")).ok())
+        .filter_map(|id| u32::from_str_radix(id.trim().trim_start_matches("0x"), 16).ok())
+        .collect();
+    ids.sort_unstable();
+    Some(ids)
+}
+
 /// Whether a block device other than loop, ram or zram devices exists.
 fn has_disk(sys_block: &Path) -> bool {
     std::fs::read_dir(sys_block).is_ok_and(|entries| {
@@ -207,6 +226,8 @@ struct State {
     fields: HashMap<ModuleName, String>,
     worker: bool,
     loaded: usize,
+    /// Optional modules that did not load (efivarfs on a BIOS boot): reported apart.
+    optional_failed: Vec<ModuleName>,
     started: Option<Instant>,
 }
 
@@ -337,24 +358,32 @@ impl Modules {
             let Some(step) = st.queue.pop_front() else {
                 st.worker = false;
                 let took = st.started.take().map(|s| s.elapsed()).unwrap_or_default();
-                let failed: Vec<String> = st
+                let mut failed: Vec<String> = st
                     .status
                     .iter()
-                    .filter(|(_, s)| matches!(s, Status::Failed(_)))
+                    .filter(|(n, s)| {
+                        matches!(s, Status::Failed(_)) && !st.optional_failed.contains(n)
+                    })
                     .map(|(n, _)| n.to_string())
                     .collect();
+                failed.sort();
+                let optional: Vec<String> =
+                    st.optional_failed.iter().map(|n| n.to_string()).collect();
                 let loaded = st.loaded;
                 drop(st);
-                info!(
-                    "modules: {loaded} kernel modules loaded from {} ({} ms){}",
+                let mut line = format!(
+                    "modules: {loaded} kernel modules loaded from {} ({} ms)",
                     self.inner.dir.dir.display(),
-                    took.as_millis(),
-                    if failed.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; failed: {}", failed.join(" "))
-                    }
+                    took.as_millis()
                 );
+                if !optional.is_empty() {
+                    line.push_str(&format!("; optional, not loaded: {}", optional.join(" ")));
+                }
+                if failed.is_empty() {
+                    info!("{line}");
+                } else {
+                    error!("{line}; FAILED: {}", failed.join(" "));
+                }
                 return;
             };
             if st.status.get(&step.name).is_some_and(Status::settled) {
@@ -378,7 +407,8 @@ impl Modules {
             match &status {
                 Status::Loaded => st.loaded += 1,
                 Status::Failed(reason) if step.optional => {
-                    info!("modules: optional module not loaded, continuing: {reason}")
+                    info!("modules: optional module not loaded, continuing: {reason}");
+                    st.optional_failed.push(step.name.clone());
                 }
                 Status::Failed(reason) => error!("modules: {reason}"),
                 _ => {}
@@ -697,6 +727,17 @@ kernel/fs/overlayfs/overlay.ko:
         std::fs::create_dir(d.path().join("vda")).unwrap();
         assert!(has_disk(d.path()));
         assert!(!has_disk(&d.path().join("nope")));
+    }
+
+    #[test]
+    fn virtio_device_ids_are_read_from_the_bus() {
+        let d = tempfile::tempdir().unwrap();
+        for (dev, id) in [("virtio1", "0x0002\n"), ("virtio0", "0x0001\n")] {
+            std::fs::create_dir(d.path().join(dev)).unwrap();
+            std::fs::write(d.path().join(dev).join("device"), id).unwrap();
+        }
+        assert_eq!(virtio_devices(d.path()), Some(vec![1, 2]));
+        assert_eq!(virtio_devices(&d.path().join("none")), None);
     }
 
     #[tokio::test]
