@@ -82,6 +82,10 @@ pub async fn early_phase() -> Result<((), Outcome), BoxError> {
     for e in &missing {
         warning!("modules: {e}");
     }
+    // Next in line, without waiting: the NIC (the network phase is next but for a few
+    // fast phases), then what the machine phase waits for.
+    m.prioritise_names(CONTAINER_MODULES);
+    m.prioritise_names(NETWORK_DRIVERS);
     Ok((
         (),
         Outcome::DoneWith(format!(
@@ -463,6 +467,12 @@ impl Modules {
             }
         }
         missing
+    }
+
+    /// Moves `names` (and their closures) to the front of the queue without waiting.
+    pub fn prioritise_names(&self, names: &[&str]) {
+        let names: Vec<ModuleName> = names.iter().map(|n| ModuleName::new(n)).collect();
+        self.prioritise(&names);
     }
 
     fn prioritise(&self, names: &[ModuleName]) {
