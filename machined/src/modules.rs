@@ -123,10 +123,7 @@ pub async fn wait_logged(names: &[&str]) -> Vec<ModuleError> {
 /// once their module is loaded. A config module the image lacks or that fails to load
 /// is an error in the log naming the module and the config field, not a reboot: the
 /// node stays reachable so the config can be fixed. Returns a note for the phase line.
-pub async fn machine_phase(
-    config: &[KernelModule],
-    apply_sysctls: impl Fn(&[crate::sysctl::Entry<'_>]) -> Result<Outcome, BoxError>,
-) -> Result<String, BoxError> {
+pub async fn machine_phase(config: &[KernelModule]) -> Result<String, BoxError> {
     let Some(m) = system() else {
         return Ok("modules skipped (not PID 1)".to_owned());
     };
@@ -146,14 +143,27 @@ pub async fn machine_phase(
             }
         }
     }
+    Ok(notes.join(", "))
+}
+
+/// What containers need before containerd starts: the overlay snapshotter and
+/// br_netfilter, then the sysctls that exist only once their module is loaded
+/// (bridge-nf-call). Waited for by the services phase, not earlier, so the API does not
+/// wait for them.
+pub async fn container_prerequisites(
+    apply_sysctls: impl Fn(&[crate::sysctl::Entry<'_>]) -> Result<Outcome, BoxError>,
+) -> Result<String, BoxError> {
+    if system().is_none() {
+        return Ok("container modules skipped (not PID 1)".to_owned());
+    }
     let (bound, needs) = crate::sysctl::with_modules(crate::sysctl::NODE_DEFAULTS);
     let mut wanted: Vec<&str> = CONTAINER_MODULES.to_vec();
     wanted.extend(needs.iter().filter(|n| !CONTAINER_MODULES.contains(n)));
     wait_logged(&wanted).await;
-    if let Outcome::DoneWith(n) = apply_sysctls(&bound)? {
-        notes.push(format!("module sysctls {n}"));
-    }
-    Ok(notes.join(", "))
+    Ok(match apply_sysctls(&bound)? {
+        Outcome::DoneWith(n) => format!("module sysctls {n}"),
+        Outcome::Skipped(why) => format!("module sysctls skipped: {why}"),
+    })
 }
 
 /// The device IDs on the virtio bus; None when there is no virtio bus (not a VM, or

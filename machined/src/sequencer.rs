@@ -670,20 +670,29 @@ async fn global_addresses(cx: &Context) -> Vec<IpAddr> {
 /// The config's own settings for the host: sysctls, hostname, files.
 async fn machine(config: &MachineConfig) -> Result<((), Outcome), BoxError> {
     let m = &config.machine;
-    let modules = crate::modules::machine_phase(&m.kernel.modules, apply_sysctls).await?;
+    let modules = crate::modules::machine_phase(&m.kernel.modules).await?;
+    if m.sysctls
+        .keys()
+        .any(|k| k.as_str().starts_with("net.bridge."))
+    {
+        // These keys exist only once br_netfilter is loaded.
+        crate::modules::wait_logged(&["br_netfilter"]).await;
+    }
     let list: Vec<(&str, &str, Option<&'static str>)> = m
         .sysctls
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str(), None))
         .collect();
     let sysctls = apply_sysctls(&list)?;
-    let mut notes = vec![
-        modules,
-        match sysctls {
-            Outcome::DoneWith(n) => format!("sysctls {n}"),
-            _ => "sysctls".to_owned(),
-        },
-    ];
+    // No machine.kernel.modules: no note (not an empty one).
+    let mut notes: Vec<String> = Some(modules)
+        .filter(|m| !m.is_empty())
+        .into_iter()
+        .collect();
+    notes.push(match sysctls {
+        Outcome::DoneWith(n) => format!("sysctls {n}"),
+        _ => "sysctls".to_owned(),
+    });
     if let Some(h) = &m.hostname {
         set_hostname(h.as_str())?;
         write_file(
@@ -885,6 +894,7 @@ async fn services(
     supervisor: &Supervisor,
     config: &MachineConfig,
 ) -> Result<((), Outcome), BoxError> {
+    let prerequisites = crate::modules::container_prerequisites(apply_sysctls).await?;
     services::containerd::register_for_node(supervisor, config)?;
     supervisor.start_all()?;
     let note = match supervisor
@@ -901,7 +911,7 @@ async fn services(
             format!("containerd not healthy yet: {e}")
         }
     };
-    Ok(((), Outcome::DoneWith(note)))
+    Ok(((), Outcome::DoneWith(format!("{prerequisites}; {note}"))))
 }
 
 #[cfg(test)]
