@@ -68,6 +68,7 @@ virtio_net
 virtio_scsi
 virtio_rng optional
 virtio_console optional
+crc32c_generic
 ext4
 vfat
 nls_cp437

@@ -48,7 +48,16 @@ pub fn system() -> Option<&'static Modules> {
 /// ext4 and vfat (the file systems of STATE/EPHEMERAL and of a config drive) only matter
 /// when a disk is there: a diskless boot does not wait for ext4, the slowest module.
 const BLOCK_DRIVERS: &[(&str, u32)] = &[("virtio_blk", 2), ("virtio_scsi", 8)];
-const DISK_FILESYSTEMS: &[&str] = &["ext4", "vfat", "nls_cp437", "nls_iso8859_1", "isofs"];
+/// crc32c_generic is ext4's soft dependency (`softdep: pre: crc32c`, not in modules.dep):
+/// without it, mounting a metadata_csum ext4 fails with "Cannot load crc32c driver".
+const DISK_FILESYSTEMS: &[&str] = &[
+    "crc32c_generic",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "isofs",
+];
 /// Where a config may come from before any disk: QEMU's fw_cfg.
 const CONFIG_DRIVERS: &[&str] = &["qemu_fw_cfg"];
 /// Network drivers (the maintenance API listens on them).

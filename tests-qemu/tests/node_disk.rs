@@ -111,16 +111,20 @@ fn disk_boot_with_fw_cfg_mtls_reboot_reads_state_and_shuts_down() {
         .unwrap_err();
     assert_eq!(err.status(), Some(403), "{err}");
 
-    // An admin's apply on a running node: stored before the answer; nothing is applied
-    // live yet, so no-reboot is refused before anything is stored and staged waits.
+    // An admin's apply on a running node: a change that needs a reboot is refused by
+    // no-reboot before anything is stored (node_apply covers the live changes); staged
+    // stores for the next boot.
+    let mut renamed = cluster.controlplane.clone();
+    renamed.cluster.name = "elsewhere".parse().unwrap();
     let err = rt
         .block_on(admin.apply_config(&ApplyConfigRequest {
-            config: cluster.controlplane.to_yaml(),
+            config: renamed.to_yaml(),
             mode: ApplyMode::NoReboot,
             try_timeout_seconds: None,
         }))
         .unwrap_err();
     assert_eq!(err.status(), Some(409), "{err}");
+    assert!(err.to_string().contains("cluster.name"), "{err}");
     let staged = rt
         .block_on(admin.apply_config(&ApplyConfigRequest {
             config: cluster.controlplane.to_yaml(),

@@ -366,7 +366,7 @@ impl QemuBuilder {
         push("-machine");
         push("q35");
         push("-accel");
-        push(accel.qemu_name());
+        push(accel.qemu_arg());
         push("-cpu");
         push(cpu_model(accel));
         push("-smp");
@@ -809,7 +809,10 @@ mod tests {
             .no_reboot();
         let args = strs(&b.args(Accel::Tcg, &[], Path::new("/tmp/c.log")));
         let joined = args.join(" ");
-        assert!(joined.contains("-accel tcg -cpu max"), "{joined}");
+        assert!(
+            joined.contains("-accel tcg,thread=single -cpu max"),
+            "{joined}"
+        );
         assert!(joined.contains("-m 2048M"), "{joined}");
         assert!(joined.contains("-serial file:/tmp/c.log"), "{joined}");
         assert!(
