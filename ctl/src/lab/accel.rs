@@ -27,7 +27,7 @@ impl Accel {
     /// with one thread per vCPU (MTTCG, QEMU's default) a guest that loads modules on
     /// one CPU while the other runs code being live-patched (`text_poke_bp`: jump labels
     /// in a loading module) can livelock on the int3 — seen here as "soft lockup …
-    /// do_free_init / kmod" and a boot that never ends, about once in thirty boots.
+    /// do_free_init / kmod" and a boot that never ends, once in about forty boots.
     pub fn qemu_arg(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
