@@ -223,31 +223,55 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
     }
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+/// Accepts TLS connections, at most `max` at once, and runs `serve` on each. A failed
+/// accept (EMFILE and friends) backs off instead of spinning; a handshake that fails or
+/// takes longer than `handshake` ends the connection (a failed handshake is the
+/// client's answer: rustls has already sent the alert). Shared by the API and trustd.
+pub(crate) async fn accept_tls<F, Fut>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    max: usize,
+    handshake: Duration,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let serve = Arc::new(serve);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let tcp = match listener.accept().await {
-            Ok((tcp, _peer)) => tcp,
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
-                // EMFILE and friends pass; back off instead of spinning.
-                crate::log::warning!("api: accepting a connection: {e}");
+                crate::log::warning!("{what}: accepting a connection: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let acceptor = acceptor.clone();
-        let shared = shared.clone();
+        let serve = serve.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            // A failed handshake (no or foreign client certificate) is the client's answer;
-            // rustls has already sent the alert.
-            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            else {
+            let Ok(Ok(tls)) = tokio::time::timeout(handshake, acceptor.accept(tcp)).await else {
                 return;
             };
+            serve(tls, peer).await;
+        });
+    }
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    let serve = move |tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+                      _peer: SocketAddr| {
+        let shared = shared.clone();
+        async move {
             let caller = if shared.maintenance {
                 Caller::Maintenance
             } else {
@@ -269,8 +293,17 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
-        });
-    }
+        }
+    };
+    accept_tls(
+        listener,
+        acceptor,
+        MAX_CONNECTIONS,
+        HANDSHAKE_TIMEOUT,
+        "api",
+        serve,
+    )
+    .await;
 }
 
 /// A refusal: status, sentence, and for configs the full list of problems.

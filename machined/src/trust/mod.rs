@@ -323,26 +323,10 @@ pub async fn start(config: TrustdConfig) -> Result<RunningTrustd, TrustError> {
 }
 
 async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warning!("trustd: accepting a connection: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
+    let serve = move |tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+                      peer: std::net::SocketAddr| {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let Ok(Ok(tls)) = tokio::time::timeout(IO_TIMEOUT, acceptor.accept(tcp)).await else {
-                return;
-            };
+        async move {
             // On the dual-stack listener an IPv4 peer is ::ffff:a.b.c.d; log it as a.b.c.d.
             let peer = peer.ip().to_canonical();
             let service = service_fn(move |req| {
@@ -355,8 +339,17 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
-        });
-    }
+        }
+    };
+    crate::api::accept_tls(
+        listener,
+        acceptor,
+        MAX_CONNECTIONS,
+        IO_TIMEOUT,
+        "trustd",
+        serve,
+    )
+    .await;
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
